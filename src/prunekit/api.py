@@ -1,0 +1,405 @@
+"""prune(): what the CLI and users call. Thin orchestration over the pipeline and methods."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import DataError, ModelError, NumericalError, PatternError, UsageError
+from .masks import global_patterns
+from .methods.base import (
+    DTYPES, LayerCompressor, LayerResult, MethodConfig, get_method, weight_matrix,
+)
+from .models.adapter import HFAdapter
+from .models.loaders import LoadedModel, load_model
+from .patterns import NM, Pattern, Unstructured, parse_pattern
+from .pipeline import Progress, run_sequential
+from .report import PruneReport, write_json
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "prune_report.json"
+
+
+def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> MethodConfig:
+    """The method's frozen config with ``overrides``; unknown keys are a clear error."""
+    cls = get_method(method).config_cls
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UsageError(
+            f"method {method!r} has no setting {', '.join(unknown)}: its settings are "
+            f"{', '.join(sorted(known))}"
+        )
+    dtype = overrides.get("hessian_dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(
+            f"hessian_dtype {dtype!r} is not supported: use one of {', '.join(sorted(DTYPES))}"
+        )
+    try:
+        return cls(**overrides)
+    except (TypeError, ValueError) as exc:  # a config's own validation, or a wrong type
+        raise UsageError(f"method {method!r}: invalid settings {overrides}: {exc}") from None
+
+
+def check_scope(method: str, pattern: Pattern) -> None:
+    """Raise :class:`PatternError` if ``method`` cannot rank weights at ``pattern``'s scope."""
+    if isinstance(pattern, Unstructured) and pattern.scope == "global":
+        if not get_method(method).supports_global:
+            raise PatternError(
+                f"method {method!r} has no global scope: use --scope row or layer "
+                "(global ranking of |w| is for magnitude)"
+            )
+
+
+def layer_patterns(
+    model: nn.Module, adapter: HFAdapter, pattern: Pattern, method: str
+) -> Callable[[str], Pattern]:
+    """Per-layer patterns: global scope is resolved by one ranking of |W| over all targets."""
+    check_scope(method, pattern)
+    if isinstance(pattern, Unstructured) and pattern.scope == "global":
+        scores = {n: weight_matrix(m).abs() for n, m in adapter.all_targets(model).items()}
+        per_layer = global_patterns(scores, pattern.sparsity)
+        return per_layer.__getitem__
+    return lambda _name: pattern
+
+
+def check_weights_finite(model: nn.Module) -> None:
+    """Raise :class:`NumericalError` naming the first parameter with NaN/Inf values.
+
+    Checked before any work, so the error names the weight at fault rather than the first
+    layer whose calibration activations it poisons.
+    """
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+                bad = int((~torch.isfinite(param)).sum())
+                raise NumericalError(
+                    f"{name}: {bad} of {param.numel()} weights are NaN/Inf: the checkpoint is "
+                    "corrupt or was saved after a diverged run; load a healthy checkpoint"
+                )
+
+
+def check_pattern_fits(model: nn.Module, pattern: Pattern, skip: Sequence[str] = ()) -> None:
+    """Raise :class:`PatternError` now if an N:M pattern does not fit a target layer."""
+    if not isinstance(pattern, NM):
+        return
+    for name, layer in HFAdapter(skip=tuple(skip)).all_targets(model).items():
+        pattern.check_fits(weight_matrix(layer).shape[1], where=name)
+
+
+def preflight(model: nn.Module, pattern: Pattern, skip: Sequence[str] = ()) -> None:
+    """Checks that need only the model: finite weights, and an N:M pattern that fits."""
+    check_weights_finite(model)
+    check_pattern_fits(model, pattern, skip)
+
+
+def prune_model(
+    model: nn.Module,
+    method: str,
+    pattern: Pattern,
+    batches: Sequence[dict[str, torch.Tensor]],
+    *,
+    config: MethodConfig | None = None,
+    device: str | torch.device = "cpu",
+    skip: Sequence[str] = (),
+    progress: Progress | None = None,
+    check: bool = True,
+) -> list[LayerResult]:
+    """Prune ``model`` in place with ``method`` to ``pattern`` on calibration ``batches``.
+
+    ``check=False`` skips :func:`preflight` (for a caller that has run it already).
+    """
+    cls = get_method(method)
+    config = config or cls.config_cls()
+    if not batches:
+        raise DataError("the calibration set is empty: pass --samples >= 1 and a non-empty --calib")
+    if check:
+        preflight(model, pattern, skip)
+    adapter = HFAdapter(skip=tuple(skip))
+    pattern_of = layer_patterns(model, adapter, pattern, method)
+
+    def make(name: str, layer: nn.Module) -> LayerCompressor:
+        return cls(layer, pattern_of(name), config, name)
+
+    return run_sequential(model, adapter, batches, make, device=device, progress=progress)
+
+
+def check_seqlen(seqlen: int, max_positions: int | None) -> None:
+    """Raise :class:`DataError` if ``seqlen`` is longer than the model's position table."""
+    if max_positions is not None and seqlen > max_positions:
+        raise DataError(
+            f"--seqlen {seqlen} is longer than the model's {max_positions} positions: "
+            f"use --seqlen {max_positions} or less"
+        )
+
+
+def calibration(
+    tokenizer: Any, source: str, samples: int, seqlen: int, batch_size: int = 8, seed: int = 0,
+    max_positions: int | None = None, texts: Sequence[str] | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """Tokenised calibration batches of ``samples`` × ``seqlen`` tokens from ``source``.
+
+    ``texts``: the source's calibration texts when the caller has loaded them already.
+    """
+    from .data import calibration_batches, load_texts
+
+    check_seqlen(seqlen, max_positions)
+    texts = list(texts) if texts is not None else load_texts(source, "calib")
+    return calibration_batches(tokenizer, texts, samples, seqlen, batch_size=batch_size, seed=seed)
+
+
+def max_positions(model: nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        if cfg is not None and isinstance(getattr(cfg, key, None), int):
+            return getattr(cfg, key)
+    return None
+
+
+def evaluation_texts(source: str) -> list[str]:
+    """The held-out ``"eval"`` texts of ``source``; the error says how to do without them."""
+    from .data import load_texts
+
+    try:
+        return load_texts(source, "eval")
+    except DataError as exc:
+        raise DataError(f"{exc}; or skip the evaluation (--no-eval)") from None
+
+
+def fidelity_passages(texts: Sequence[str], n_texts: int) -> list[str]:
+    """Up to ``n_texts`` held-out passages (fewer for a small source; the count is reported)."""
+    from .data import eval_sentences
+    from .data.batches import MIN_PASSAGE_CHARS, leading_passage
+
+    available = len({p for t in texts if len(p := leading_passage(t, 500)) >= MIN_PASSAGE_CHARS})
+    if available < 2:
+        raise DataError(
+            f"the held-out texts give {available} passage(s) of {MIN_PASSAGE_CHARS}+ characters, "
+            "fewer than the 2 that embedding fidelity needs: give a larger --calib source "
+            "or pass --no-eval"
+        )
+    if available < n_texts:
+        log.warning("only %d held-out passages for embedding fidelity (of %d wanted)",
+                    available, n_texts)
+    return eval_sentences(list(texts), min(n_texts, available), max_chars=500)
+
+
+def prepare_evaluation(
+    loaded: LoadedModel, source: str, seqlen: int, device: str | torch.device, n_texts: int = 200,
+    texts: Sequence[str] | None = None,
+) -> Callable[[nn.Module], dict[str, Any]]:
+    """Measure the dense model now; return a function that measures a pruned one against it.
+
+    ``texts``: the source's evaluation texts when the caller has loaded them already.
+    """
+    from .data import eval_windows
+    from .eval import embedding_fidelity, perplexity, PerplexityProtocol, sentence_embeddings
+
+    texts = list(texts) if texts is not None else evaluation_texts(source)
+    model, tok = loaded.model.to(device), loaded.tokenizer
+    if loaded.kind == "encoder":
+        passages = fidelity_passages(texts, n_texts)
+        max_len = min(seqlen, 128)
+        dense = sentence_embeddings(model, tok, passages, max_length=max_len, device=device)
+
+        def fidelity(pruned: nn.Module) -> dict[str, Any]:
+            emb = sentence_embeddings(pruned.to(device), tok, passages, max_length=max_len, device=device)
+            return dataclasses.asdict(embedding_fidelity(dense, emb, max_len)) | {"data": source}
+
+        return fidelity
+    windows = eval_windows(tok, texts, seqlen, stride=seqlen, max_windows=32)
+    dense_ppl, n_tok = perplexity(model, windows, device)
+    protocol = PerplexityProtocol(source, "eval", seqlen, seqlen, len(windows), n_tok)
+
+    def ppl(pruned: nn.Module) -> dict[str, Any]:
+        value, _ = perplexity(pruned.to(device), windows, device)
+        return {"dense_ppl": dense_ppl, "pruned_ppl": value, "protocol": str(protocol)}
+
+    return ppl
+
+
+def run_one(
+    loaded: LoadedModel,
+    method: str,
+    pattern: Pattern,
+    batches: Sequence[dict[str, torch.Tensor]],
+    *,
+    calibration_info: dict[str, Any],
+    config: MethodConfig | None = None,
+    measure: Callable[[nn.Module], dict[str, Any]] | None = None,
+    device: str = "cpu",
+    skip: Sequence[str] = (),
+    progress: Progress | None = None,
+    check: bool = True,
+) -> PruneReport:
+    """Prune ``loaded.model`` in place, evaluate it with ``measure``, and report."""
+    cfg = config or get_method(method).config_cls()
+    t0 = time.perf_counter()
+    layers = prune_model(loaded.model, method, pattern, batches, config=cfg, device=device,
+                         skip=skip, progress=progress, check=check)
+    t1 = time.perf_counter()
+    evaluation = measure(loaded.model) if measure else {}
+    loaded.model.to("cpu")
+    return PruneReport(
+        model=loaded.source, method=method, pattern=str(pattern), calibration=calibration_info,
+        device=str(device), layers=layers, evaluation=evaluation,
+        params_total=sum(p.numel() for p in loaded.model.parameters()),
+        config=dataclasses.asdict(cfg),
+        seconds={"prune": t1 - t0, "eval": time.perf_counter() - t1},
+    )
+
+
+def prune(
+    model: str | LoadedModel,
+    method: str = "sparsegpt",
+    pattern: str | float | Pattern = 0.5,
+    *,
+    calib: str = "stdlib",
+    samples: int = 128,
+    seqlen: int = 512,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str = "cpu",
+    skip: Sequence[str] = (),
+    config: Mapping[str, Any] | MethodConfig | None = None,
+    evaluate: bool = True,
+    progress: Progress | None = None,
+) -> tuple[LoadedModel, PruneReport]:
+    """Load ``model``, calibrate on ``calib``, prune it with ``method`` to ``pattern``.
+
+    Returns the pruned model (in place) with its tokenizer, and a :class:`PruneReport`.
+    Everything that can be checked cheaply (pattern, method, device, data source, then the
+    model's weights, positions and layer shapes) is checked before the slow steps.
+    """
+    from .data import load_texts
+
+    t0 = time.perf_counter()
+    pattern = pattern if isinstance(pattern, (Unstructured, NM)) else parse_pattern(pattern)
+    cfg = config if isinstance(config, MethodConfig) else make_config(method, config)
+    check_scope(method, pattern)
+    check_device(device)
+    calib_texts = load_texts(calib, "calib")
+    eval_texts = evaluation_texts(calib) if evaluate else None
+    t_texts = time.perf_counter()
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    check_seqlen(seqlen, max_positions(loaded.model))
+    preflight(loaded.model, pattern, skip)
+    t_load = time.perf_counter()
+    batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
+                          max_positions(loaded.model), texts=calib_texts)
+    t_data = time.perf_counter()
+    measure = (prepare_evaluation(loaded, calib, seqlen, device, texts=eval_texts)
+               if evaluate else None)
+    t_dense = time.perf_counter()
+    info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
+            "tokens": samples * seqlen}
+    report = run_one(loaded, method, pattern, batches, calibration_info=info, config=cfg,
+                     measure=measure, device=device, skip=skip, progress=progress, check=False)
+    report.seconds = {"load": t_load - t_texts, "calibration_data": t_data - t_load + t_texts - t0,
+                      "dense_eval": t_dense - t_data, **report.seconds}
+    return loaded, report
+
+
+def check_device(device: str | torch.device) -> None:
+    """Fail early on a device that is not there."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(
+            f"--device {device!r} is not a device: use cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available here: use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif dev.type not in ("cpu", "mps"):
+        raise UsageError(f"--device {device!r} is not supported: use cpu or cuda[:N]")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available here: use --device cpu")
+
+
+def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Fail before any work if ``out`` cannot be written: it exists (without ``overwrite``),
+    it is a file, or its nearest existing parent is not a writable folder."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {str(path)!r} is a file, not a directory: pass another --out")
+    if path.exists() and not overwrite:
+        raise UsageError(f"output directory {str(path)!r} exists: pass --overwrite or another --out")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"--out {str(path)!r}: {str(parent)!r} is not a writable directory: pass another --out"
+        )
+    return path
+
+
+def save_pruned(loaded: LoadedModel, report: PruneReport, out: str | os.PathLike,
+                overwrite: bool = False) -> Path:
+    """Write model, tokenizer and ``prune_report.json`` to ``out`` atomically.
+
+    Everything goes to a temporary sibling directory that is renamed at the end, so a failure
+    never leaves a half-written model, and an existing ``out`` (with ``overwrite``) is replaced
+    only once the new one is complete; if the swap fails the old one is put back. OS errors
+    (disk full, permissions) become a :class:`ModelError` naming ``out``.
+    """
+    path = check_output(out, overwrite)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as exc:
+        raise ModelError(f"cannot write {str(path)!r}: {exc}: pass another --out") from None
+    try:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        write_json(report, tmp / REPORT_FILE)
+        _replace_dir(tmp, path)
+    except OSError as exc:
+        raise ModelError(
+            f"cannot write {str(path)!r}: {exc}; nothing was written there: free disk space, "
+            "fix permissions, or pass another --out"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _replace_dir(new: Path, path: Path) -> None:
+    """Rename ``new`` to ``path``; an existing ``path`` is swapped out, and restored on failure."""
+    if not path.exists():
+        new.rename(path)
+        return
+    holder = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    try:
+        path.rename(holder / path.name)
+        try:
+            new.rename(path)
+        except BaseException:
+            (holder / path.name).rename(path)
+            raise
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+def copy_model(loaded: LoadedModel) -> LoadedModel:
+    """A deep copy of the model (the tokenizer is shared)."""
+    return dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))

@@ -1,0 +1,230 @@
+"""The command line: a thin layer over api.py. Errors print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+
+from . import api
+from .errors import PrunekitError, UsageError
+from .methods import load_builtin_methods
+from .patterns import NM, parse_pattern
+from .report import evaluation_lines, layer_table, summary_table
+
+DEMO_RUNS = [(m, p) for p in ("0.5", "2:4") for m in ("magnitude", "wanda", "sparsegpt")]
+
+
+#: Exit codes: 2 for bad input (argparse's convention, and every PrunekitError), 1 for an
+#: unexpected failure, 130 for Ctrl-C.
+EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) that points at --help."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer: pass e.g. 128") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer: pass e.g. 128")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: pass e.g. 0.01") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0: pass e.g. 0.01")
+    return value
+
+
+def _add_calibration(p: argparse.ArgumentParser, samples: int, seqlen: int) -> None:
+    p.add_argument("--calib", default="stdlib",
+                   help="calibration text: 'stdlib' (built-in), a text file, or a Hugging Face "
+                        "dataset NAME[:CONFIG][@SPLIT] or local dataset path (default: stdlib)")
+    p.add_argument("--samples", type=_positive, default=samples,
+                   help=f"calibration sequences (default: {samples})")
+    p.add_argument("--seqlen", type=_positive, default=seqlen,
+                   help=f"tokens per calibration sequence (default: {seqlen})")
+    p.add_argument("--batch-size", type=_positive, default=8, help="sequences per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    p.add_argument("--device", default="cpu", help="compute device: cpu or cuda[:N] (default: cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    methods = sorted(load_builtin_methods())
+    parser = _Parser(
+        prog="prunekit", description="Prune PyTorch / Hugging Face models and measure the cost.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what the library does; tracebacks on errors")
+    common = _Parser(add_help=False)  # so that -v also works after the command
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log what the library does; tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", parents=[common],
+                       help="one-shot prune a model with calibration data")
+    p.add_argument("model", help="Hugging Face id, local model folder, or 'minilm' (built-in)")
+    p.add_argument("--method", default="sparsegpt", help=f"one of: {', '.join(methods)}")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sparsity", help="unstructured sparsity in [0, 1), e.g. 0.5 or 50%%")
+    which.add_argument("--pattern", help="N:M pattern such as 2:4 (or a sparsity)")
+    p.add_argument("--scope", choices=("row", "layer", "global"), default="row",
+                   help="where unstructured weights compete: per output row (default), per "
+                        "layer, or across all layers (magnitude only)")
+    _add_calibration(p, samples=128, seqlen=512)
+    p.add_argument("--out", help="output directory (model, tokenizer, prune_report.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--skip", action="append", default=[], metavar="GLOB",
+                   help="leave layers matching this glob dense, e.g. '*.mlp.down_proj' (repeatable)")
+    p.add_argument("--damp", type=_nonnegative_float, dest="rel_damp",
+                   help="relative Hessian damping for sparsegpt (default 0.01)")
+    p.add_argument("--blocksize", type=_positive, help="sparsegpt column block size (default 128)")
+    p.add_argument("--hessian-dtype", choices=("float32", "float64"),
+                   help="precision of the Hessian and solves (default float32)")
+    p.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
+    p.add_argument("--quiet", action="store_true", help="no per-layer table")
+
+    d = sub.add_parser("demo", parents=[common], help="prune the built-in MiniLM with every method and compare")
+    _add_calibration(d, samples=64, seqlen=128)
+
+    sub.add_parser("methods", parents=[common], help="list the registered pruning methods")
+    return parser
+
+
+def _progress(desc: str):
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def update(i: int, n: int, results) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=n, desc=desc, unit="block", leave=False, file=sys.stderr)
+        bar.update(1)
+        if i + 1 == n:
+            bar.close()
+
+    return update
+
+
+def _pattern(args: argparse.Namespace):
+    """The pattern of --sparsity or --pattern; --sparsity takes no N:M pattern."""
+    pattern = parse_pattern(args.sparsity if args.sparsity is not None else args.pattern, args.scope)
+    if args.sparsity is not None and isinstance(pattern, NM):
+        raise UsageError(
+            f"--sparsity {args.sparsity} is an N:M pattern, not a fraction: pass --pattern "
+            f"{args.sparsity}, or a sparsity such as --sparsity 0.5"
+        )
+    return pattern
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    pattern = _pattern(args)
+    config = api.make_config(args.method, {"rel_damp": args.rel_damp, "blocksize": args.blocksize,
+                                           "hessian_dtype": args.hessian_dtype})
+    if args.out:
+        api.check_output(args.out, args.overwrite)
+    loaded, report = api.prune(
+        args.model, args.method, pattern, calib=args.calib, samples=args.samples,
+        seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed, device=args.device,
+        skip=args.skip, config=config, evaluate=not args.no_eval,
+        progress=_progress(f"{args.method} {pattern}"))
+    if not args.quiet:
+        print(layer_table(report))
+    print(f"{args.method} {pattern}: {report.target_sparsity:.1%} of {report.target_params:,} "
+          f"target weights pruned ({report.model_sparsity:.1%} of all parameters) in "
+          f"{report.seconds['prune']:.1f} s")
+    for line in evaluation_lines(report):
+        print(line)
+    if args.out:
+        path = api.save_pruned(loaded, report, args.out, args.overwrite)
+        print(f"saved to {path} (report: {path / api.REPORT_FILE})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .models.loaders import load_model
+
+    start = time.perf_counter()
+    api.check_device(args.device)
+    print("prunekit demo: all-MiniLM-L6-v2 (packaged), calibrated on the built-in stdlib corpus")
+    loaded = load_model("minilm")
+    batches = api.calibration(loaded.tokenizer, args.calib, args.samples, args.seqlen,
+                              args.batch_size, args.seed, api.max_positions(loaded.model))
+    measure = api.prepare_evaluation(loaded, args.calib, args.seqlen, args.device)
+    info = {"source": args.calib, "samples": args.samples, "seqlen": args.seqlen,
+            "seed": args.seed, "tokens": args.samples * args.seqlen}
+    reports = []
+    for method, text in DEMO_RUNS:
+        pattern = parse_pattern(text)
+        run = api.copy_model(loaded)
+        reports.append(api.run_one(run, method, pattern, batches, calibration_info=info,
+                                   measure=measure, device=args.device,
+                                   progress=_progress(f"{method} {pattern}")))
+    print(f"calibration: {args.samples} x {args.seqlen} tokens from {args.calib!r}; "
+          f"fidelity on {reports[0].evaluation['n_texts']} held-out passages "
+          "(mean cosine of dense vs pruned embeddings; nearest-neighbour agreement)")
+    print(summary_table(reports))
+    print(f"total {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_methods(_args: argparse.Namespace) -> int:
+    for name, cls in sorted(load_builtin_methods().items()):
+        print(f"{name:12s} {cls.description}")
+    return 0
+
+
+COMMANDS = {"prune": cmd_prune, "demo": cmd_demo, "methods": cmd_methods}
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line (multi-line messages joined with '; ')."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (errors print one line to stderr)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    hint = "" if args.verbose else " (rerun with --verbose for the traceback)"
+    try:
+        return COMMANDS[args.command](args)
+    except PrunekitError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"prunekit: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("prunekit: interrupted; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the CLI's outer boundary: anything else is a bug or an OS error
+        if args.verbose:
+            traceback.print_exc()
+        print(f"prunekit: error: {type(exc).__name__}: {_one_line(exc)}{hint}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

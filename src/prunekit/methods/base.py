@@ -1,0 +1,166 @@
+"""The one-shot layer method interface, its results, and the method registry.
+
+A method is one file in ``methods/``: pure maths functions at the top, a frozen config
+dataclass, and a :class:`LayerCompressor` subclass registered by name with :func:`register`.
+The CLI and the API read :data:`REGISTRY`; a new method needs no other edit.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import NumericalError, PatternError, UsageError
+from ..hessian import Damping, HessianAccumulator
+from ..masks import sparsity
+from ..patterns import NM, Pattern
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Settings shared by every one-shot method.
+
+    hessian_dtype: precision of H = 2/N Σ x xᵀ and of the solves ("float32" | "float64").
+    """
+
+    hessian_dtype: str = "float32"
+
+
+@dataclass
+class LayerResult:
+    """What compressing one layer did. ``rel_error`` = ‖XWᵀ − XŴᵀ‖² / ‖XWᵀ‖² on calibration X."""
+
+    name: str
+    method: str
+    pattern: str
+    shape: tuple[int, int]
+    sparsity: float
+    rel_error: float | None
+    damping: float | None
+    seconds: float
+    n_tokens: int
+    extra: dict = field(default_factory=dict)
+
+
+def weight_matrix(layer: nn.Module) -> Tensor:
+    """The layer's weight as a (out, in) view: nn.Linear as is, GPT-2's Conv1D transposed."""
+    if isinstance(layer, nn.Linear):
+        return layer.weight.data
+    if type(layer).__name__ == "Conv1D" and hasattr(layer, "nf"):
+        return layer.weight.data.T  # Conv1D stores (in, out)
+    raise PatternError(
+        f"layer type {type(layer).__name__} is not supported: prunekit compresses nn.Linear and "
+        "transformers' Conv1D; skip it with --skip"
+    )
+
+
+def relative_error(W: Tensor, W_new: Tensor, H: Tensor) -> float:
+    """‖XWᵀ − XŴᵀ‖²_F / ‖XWᵀ‖²_F computed from H = 2/N XᵀX as tr(ΔHΔᵀ) / tr(WHWᵀ)."""
+    W = W.to(H.dtype)
+    D = W - W_new.to(H.dtype)  # (out, in)
+    num = float(((D @ H) * D).sum())
+    den = float(((W @ H) * W).sum())
+    return num / den if den > 0 else 0.0
+
+
+class LayerCompressor(ABC):
+    """One-shot compression of one layer: statistics from ``add_batch``, then ``compress``.
+
+    Subclasses implement :meth:`solve`, a thin call of their pure maths function.
+    """
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    supports_global: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+
+    def __init__(
+        self, layer: nn.Module, pattern: Pattern | None, config: MethodConfig, name: str = "layer"
+    ) -> None:
+        self.layer = layer
+        self.pattern = pattern
+        self.config = config
+        self.layer_name = name
+        W = weight_matrix(layer)
+        if isinstance(pattern, NM):
+            pattern.check_fits(W.shape[1], where=name)
+        if getattr(pattern, "scope", None) == "global" and not self.supports_global:
+            raise PatternError(
+                f"method {self.name!r} has no global scope: use --scope row or layer "
+                "(global ranking is for magnitude)"
+            )
+        self.hessian: HessianAccumulator | None = HessianAccumulator(
+            W.shape[1], DTYPES[config.hessian_dtype], W.device, name
+        )
+
+    def add_batch(self, x: Tensor) -> None:
+        """Accumulate statistics from layer inputs x: (..., in_features)."""
+        assert self.hessian is not None, "add_batch after free()"
+        self.hessian.add_batch(x)
+
+    @abstractmethod
+    def solve(self, W: Tensor, H: Tensor) -> tuple[Tensor, Damping | None, dict]:
+        """Return the compressed (out, in) weight, the damping used, and extra figures."""
+
+    def compress(self) -> LayerResult:
+        """Compress the layer's weight in place and report what it cost."""
+        assert self.hessian is not None, "compress after free()"
+        start = time.perf_counter()
+        H = self.hessian.finalize()
+        target = weight_matrix(self.layer)
+        W = target.to(H.dtype, copy=True)  # (out, in); the solvers never see the layer's storage
+        if not bool(torch.isfinite(W).all()):
+            raise NumericalError(
+                f"{self.layer_name}: weights contain NaN/Inf: the checkpoint is corrupt or was "
+                "saved after a diverged run"
+            )
+        W_new, damping, extra = self.solve(W, H)
+        err = relative_error(W, W_new, H)
+        target.copy_(W_new.to(target.dtype))
+        return LayerResult(
+            name=self.layer_name,
+            method=self.name,
+            pattern=str(self.pattern),
+            shape=tuple(W.shape),
+            sparsity=sparsity(target),
+            rel_error=err,
+            damping=None if damping is None else damping.relative,
+            seconds=time.perf_counter() - start,
+            n_tokens=self.hessian.n_tokens,
+            extra=extra,
+        )
+
+    def free(self) -> None:
+        """Release the statistics."""
+        self.hessian = None
+
+
+REGISTRY: dict[str, type[LayerCompressor]] = {}
+
+
+def register(cls: type[LayerCompressor]) -> type[LayerCompressor]:
+    """Class decorator: make a method reachable by its ``name`` from the API and the CLI."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"method {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[LayerCompressor]:
+    """The registered method called ``name``, or a :class:`PatternError` listing the choices."""
+    from . import load_builtin_methods
+
+    load_builtin_methods()
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown method {name!r}: choose one of {', '.join(sorted(REGISTRY))}"
+        ) from None

@@ -1,0 +1,89 @@
+"""The one Optimal Brain Surgeon column-sweep core, shared by SparseGPT, exact OBS and GPTQ.
+
+Hassibi & Stork (1993) remove weight q and update the rest by δw = −(w_q/[H⁻¹]_qq) H⁻¹ e_q.
+Applied to the columns of a layer in a fixed order, every row shares the same sequence of
+inverse Hessians H_{F_j}⁻¹ (F_j = columns not yet processed), whose rows are the rows of the
+upper Cholesky factor U of H⁻¹ (Frantar & Alistarh 2023, "SparseGPT", Sec. 3.2, Alg. 1;
+Frantar et al. 2022, "GPTQ", Sec. 4, Steps 2-3). For column j with current values w (one per
+row) and target value q (0 where pruned, the grid point where quantized):
+
+    err = (w − q) / U_jj,         W[:, k] −= err · U_jk   for all k > j.
+
+The update is applied lazily: inside a block of ``blocksize`` columns rank-1 updates are
+confined to a sub-block of ``inner`` columns, the rest of the block receives them as one
+matrix product per sub-block, and the columns after the block as one product per block.
+Only the arithmetic order changes, not the result.
+
+A :class:`ColumnRule` decides the target values: which weights to prune (a mask chosen every
+``period`` columns from the current, already-updated weights) and/or how to quantize.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+class ColumnRule(Protocol):
+    """What the sweep fixes each column to.
+
+    ``begin(j, cols, d)`` is called when ``j % period == 0`` with the current weights of
+    columns j..j+period, transposed: cols (period, rows); and d = diag(U)[j:j+period].
+    ``fix_(j, w, err)`` fixes column j in place: w (rows,) becomes its target q, and err
+    receives w − q (the core then divides it by U_jj).
+    """
+
+    period: int
+
+    def begin(self, j: int, cols: Tensor, d: Tensor) -> None: ...
+
+    def fix_(self, j: int, w: Tensor, err: Tensor) -> None: ...
+
+
+def _check_blocking(period: int, blocksize: int, inner: int) -> None:
+    if blocksize % inner:
+        raise ValueError(f"blocksize {blocksize} must be a multiple of inner {inner}")
+    if period % blocksize and inner % period:
+        raise ValueError(
+            f"rule period {period} must be a multiple of blocksize {blocksize} "
+            f"or divide the inner block {inner}"
+        )
+
+
+def obs_sweep_(
+    Wt: Tensor, U: Tensor, rule: ColumnRule, blocksize: int = 128, inner: int = 16
+) -> Tensor:
+    """Sweep the columns of W in order, fixing each by ``rule`` and compensating the rest.
+
+    Wt: (cols, rows) = Wᵀ, contiguous, updated in place. U: (cols, cols) upper with
+    H⁻¹ = UᵀU (see :func:`prunekit.hessian.inverse_cholesky_upper`). Returns the OBS loss per
+    row, Σ_j err_j² / 2, which is the increase of ½·tr(ΔW H ΔWᵀ) the sweep predicts.
+    """
+    cols, rows = Wt.shape
+    inner = min(inner, blocksize)
+    _check_blocking(rule.period, blocksize, inner)
+    losses = torch.zeros(rows, dtype=Wt.dtype, device=Wt.device)
+    Err = torch.empty(blocksize, rows, dtype=Wt.dtype, device=Wt.device)  # (B, rows)
+    diag = torch.diagonal(U).tolist()  # Python floats: no tensor per column
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        for s1 in range(i1, i2, inner):
+            s2 = min(s1 + inner, i2)
+            for j in range(s1, s2):
+                if j % rule.period == 0:
+                    p2 = min(j + rule.period, cols)
+                    rule.begin(j, Wt[j:p2], torch.diagonal(U)[j:p2])
+                err = Err[j - i1]
+                rule.fix_(j, Wt[j], err)
+                err.div_(diag[j])
+                if j + 1 < s2:
+                    Wt[j + 1 : s2].addr_(U[j, j + 1 : s2], err, alpha=-1.0)
+            if s2 < i2:  # sub-block -> rest of block
+                Wt[s2:i2].addmm_(U[s1:s2, s2:i2].T, Err[s1 - i1 : s2 - i1], alpha=-1.0)
+        B = i2 - i1
+        losses.add_(Err[:B].square().sum(0), alpha=0.5)
+        if i2 < cols:  # block -> all later columns
+            Wt[i2:].addmm_(U[i1:i2, i2:].T, Err[:B], alpha=-1.0)
+    return losses

@@ -1,0 +1,142 @@
+"""Sequential calibration: capture block inputs, then for each block feed hooks, compress,
+and re-run it so the pruned outputs become the next block's inputs (Frantar & Alistarh 2023,
+Sec. 4, "sequential" layer-wise pruning).
+
+Only the current block and the calibration activations live on the compute device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ModelError
+from .methods.base import LayerCompressor, LayerResult
+from .models.adapter import HFAdapter
+
+log = logging.getLogger(__name__)
+
+BlockInput = tuple[tuple[Any, ...], dict[str, Any]]  # (args, kwargs) of one block call
+Progress = Callable[[int, int, list[LayerResult]], None]  # (block index, n blocks, results)
+
+
+def _hidden_of(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: Tensor) -> BlockInput:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def _block_output(out: Any) -> Tensor:
+    """Blocks return a tensor (transformers 5) or a tuple whose first item is the hidden state."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def capture_block_inputs(
+    model: nn.Module,
+    adapter: HFAdapter,
+    batches: Iterable[dict[str, Tensor]],
+    device: torch.device,
+) -> list[BlockInput]:
+    """Record the (args, kwargs) the first block receives for every batch.
+
+    The block list is swapped for a one-element list holding only the first block, whose
+    forward pre-hook records its inputs; the forward pass then ends naturally after that
+    block (no exception is raised to stop it). Output heads are not run: the model's
+    ``base_model`` is called.
+    """
+    list_name, blocks = adapter.block_list(model)
+    parent_name, _, attr = list_name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    base = getattr(model, "base_model", model)
+    records: list[BlockInput] = []
+
+    def record(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        records.append((args, dict(kwargs)))
+
+    home = _device_of(model)
+    setattr(parent, attr, nn.ModuleList([blocks[0]]))
+    handle = blocks[0].register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        base.to(device)
+        with torch.no_grad():
+            for batch in batches:
+                base(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
+    finally:
+        handle.remove()
+        base.to(home)
+        setattr(parent, attr, blocks)
+    if not records:
+        raise ModelError("the calibration set produced no batches: nothing reached block 0")
+    return records
+
+
+def _hook(compressor: LayerCompressor) -> Callable:
+    def feed(_module: nn.Module, inputs: tuple, _output: Any) -> None:
+        compressor.add_batch(inputs[0])
+
+    return feed
+
+
+def run_block(block: nn.Module, inputs: Sequence[BlockInput]) -> list[BlockInput]:
+    """Run ``block`` on every recorded input; return the inputs of the next block."""
+    out = []
+    with torch.no_grad():
+        for args, kwargs in inputs:
+            out.append(_with_hidden(args, kwargs, _block_output(block(*args, **kwargs))))
+    return out
+
+
+def run_sequential(
+    model: nn.Module,
+    adapter: HFAdapter,
+    batches: Iterable[dict[str, Tensor]],
+    make_compressor: Callable[[str, nn.Module], LayerCompressor],
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+) -> list[LayerResult]:
+    """Compress every target layer of ``model`` block by block; returns per-layer results."""
+    device = torch.device(device)
+    list_name, blocks = adapter.block_list(model)
+    inputs = capture_block_inputs(model, adapter, batches, device)
+    results: list[LayerResult] = []
+    for i, block in enumerate(blocks):
+        home = _device_of(block)
+        block.to(device)
+        compressors = {
+            name: make_compressor(name, layer)
+            for name, layer in adapter.targets(block, f"{list_name}.{i}").items()
+        }
+        handles = [
+            layer.register_forward_hook(_hook(c)) for c in compressors.values()
+            for layer in [c.layer]
+        ]
+        try:
+            run_block(block, inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        block_results = []
+        for c in compressors.values():
+            block_results.append(c.compress())
+            c.free()
+        results.extend(block_results)
+        if i + 1 < len(blocks):  # the pruned outputs feed the next block
+            inputs = run_block(block, inputs)
+        block.to(home)
+        if progress is not None:
+            progress(i, len(blocks), block_results)
+        log.debug("block %d/%d done", i + 1, len(blocks))
+    return results

@@ -1,0 +1,113 @@
+"""Result dataclasses -> JSON, plain-text tables. The only place (with cli.py) that formats."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .methods.base import LayerResult
+
+
+@dataclass
+class PruneReport:
+    """What one prune run did to a model, per layer and in total."""
+
+    model: str
+    method: str
+    pattern: str
+    calibration: dict[str, Any]
+    device: str
+    layers: list[LayerResult]
+    seconds: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    params_total: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target_params(self) -> int:
+        return sum(r.shape[0] * r.shape[1] for r in self.layers)
+
+    @property
+    def target_sparsity(self) -> float:
+        """Zeros among the weights of the compressed layers."""
+        n = self.target_params
+        return sum(r.sparsity * r.shape[0] * r.shape[1] for r in self.layers) / n if n else 0.0
+
+    @property
+    def model_sparsity(self) -> float:
+        """Pruned weights as a fraction of all model parameters (embeddings included)."""
+        return self.target_sparsity * self.target_params / self.params_total if self.params_total else 0.0
+
+    @property
+    def mean_rel_error(self) -> float | None:
+        errs = [r.rel_error for r in self.layers if r.rel_error is not None]
+        return sum(errs) / len(errs) if errs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["totals"] = {
+            "layers": len(self.layers),
+            "target_params": self.target_params,
+            "params_total": self.params_total,
+            "target_sparsity": self.target_sparsity,
+            "model_sparsity": self.model_sparsity,
+            "mean_rel_error": self.mean_rel_error,
+            "max_damping": max((r.damping or 0.0 for r in self.layers), default=0.0),
+        }
+        return d
+
+
+def write_json(report: PruneReport, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def layer_table(report: PruneReport) -> str:
+    """Per-layer table: name, shape, sparsity, relative error, damping, seconds; then totals."""
+    rows = [("layer", "shape", "sparsity", "rel.err", "damp", "sec")]
+    for r in report.layers:
+        rows.append((r.name, f"{r.shape[0]}x{r.shape[1]}", f"{r.sparsity:.1%}",
+                     _fmt(r.rel_error, ".4f"), _fmt(r.damping, ".0e"), f"{r.seconds:.3f}"))
+    rows.append(("TOTAL", f"{report.target_params:,} w", f"{report.target_sparsity:.1%}",
+                 _fmt(report.mean_rel_error, ".4f") + " (mean)", "",
+                 f"{sum(r.seconds for r in report.layers):.2f}"))
+    return _table(rows)
+
+
+def evaluation_lines(report: PruneReport) -> list[str]:
+    ev = report.evaluation
+    if not ev:
+        return []
+    if "cosine" in ev:
+        return [f"embedding fidelity on {ev['n_texts']} held-out passages: mean cosine "
+                f"{ev['cosine']:.4f}, nearest-neighbour agreement {ev['nn_agreement']:.1%}"]
+    return [f"perplexity dense {ev['dense_ppl']:.3f} -> pruned {ev['pruned_ppl']:.3f}",
+            f"protocol: {ev['protocol']}"]
+
+
+def summary_table(reports: list[PruneReport]) -> str:
+    """One row per run: method, pattern, sparsity, fidelity or perplexity, error, time."""
+    rows = [("method", "pattern", "sparsity", "cosine", "NN agree", "ppl", "mean rel.err", "prune s")]
+    for r in reports:
+        ev = r.evaluation
+        rows.append((r.method, r.pattern, f"{r.target_sparsity:.1%}",
+                     _fmt(ev.get("cosine"), ".4f"), _fmt(ev.get("nn_agreement"), ".1%"),
+                     _fmt(ev.get("pruned_ppl"), ".2f"), _fmt(r.mean_rel_error, ".4f"),
+                     f"{r.seconds.get('prune', 0.0):.2f}"))
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, row in enumerate(rows):
+        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny Hugging Face models with random weights, built from configs, and the
+one tolerance table of the test suite (never loosened locally)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# One tolerance table. float64 references against the blocked solvers, float32 pipelines.
+TOL = {
+    "float64_exact": 1e-10,   # same maths, different arithmetic order, float64
+    "float32_solver": 2e-4,   # relative, float32 solver against float64 reference
+    "float32_forward": 1e-5,  # forward outputs that should be unchanged
+}
+
+TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            vocab_size=128, max_position_embeddings=64)
+
+
+def tiny_config(family: str):
+    import transformers as tf
+
+    if family == "llama":
+        return tf.LlamaConfig(**TINY, num_key_value_heads=2, architectures=["LlamaForCausalLM"])
+    if family == "qwen2":
+        return tf.Qwen2Config(**TINY, num_key_value_heads=2, architectures=["Qwen2ForCausalLM"])
+    if family == "opt":
+        return tf.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                            vocab_size=128, max_position_embeddings=64, word_embed_proj_dim=32,
+                            architectures=["OPTForCausalLM"])
+    if family == "gpt2":
+        return tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=128, n_positions=64,
+                             architectures=["GPT2LMHeadModel"])
+    if family == "bert":
+        return tf.BertConfig(**TINY, architectures=["BertModel"])
+    raise KeyError(family)
+
+
+def tiny_model(family: str, seed: int = 0):
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(family)
+    auto = tf.AutoModel if family == "bert" else tf.AutoModelForCausalLM
+    return auto.from_config(cfg).eval()
+
+
+FAMILIES = ("llama", "opt", "gpt2", "bert", "qwen2")
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+    return request.param
+
+
+def random_batches(n_batches: int = 2, batch: int = 2, seqlen: int = 16, vocab: int = 128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {"input_ids": torch.randint(5, vocab, (batch, seqlen), generator=g),
+         "attention_mask": torch.ones(batch, seqlen, dtype=torch.long)}
+        for _ in range(n_batches)
+    ]
