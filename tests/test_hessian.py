@@ -24,10 +24,11 @@ def test_accumulator_float32_and_errors():
     acc = HessianAccumulator(4, name="fc1")
     with pytest.raises(DataError, match="fc1: no calibration tokens"):
         acc.finalize()
-    with pytest.raises(NumericalError, match="fc1.*NaN"):
-        acc.add_batch(torch.tensor([[1.0, float("nan"), 0.0, 0.0]]))
     with pytest.raises(DataError, match="expected 4"):
         acc.add_batch(torch.ones(2, 5))
+    acc.add_batch(torch.tensor([[1.0, float("nan"), 0.0, 0.0]]))
+    with pytest.raises(NumericalError, match="fc1.*NaN"):
+        acc.finalize()
 
 
 def test_damped_cholesky_escalates_and_reports():

@@ -23,7 +23,7 @@ from .methods.base import (
 )
 from .models.adapter import HFAdapter
 from .models.loaders import LoadedModel, load_model
-from .patterns import NM, Pattern, Unstructured, parse_pattern
+from .patterns import NM, Pattern, Unstructured, check_requested, parse_pattern
 from .pipeline import Progress, run_sequential
 from .report import PruneReport, write_json
 
@@ -100,10 +100,16 @@ def check_pattern_fits(model: nn.Module, pattern: Pattern, skip: Sequence[str] =
         pattern.check_fits(weight_matrix(layer).shape[1], where=name)
 
 
-def preflight(model: nn.Module, pattern: Pattern, skip: Sequence[str] = ()) -> None:
-    """Checks that need only the model: finite weights, and an N:M pattern that fits."""
+def preflight(
+    model: nn.Module, pattern: Pattern, skip: Sequence[str] = (),
+    method: type[LayerCompressor] | None = None, config: MethodConfig | None = None,
+) -> None:
+    """Checks that need only the model: finite weights, an N:M pattern that fits, and the
+    method's own check of pattern and settings."""
     check_weights_finite(model)
     check_pattern_fits(model, pattern, skip)
+    if method is not None:
+        method.check(pattern, config or method.config_cls())
 
 
 def prune_model(
@@ -124,10 +130,11 @@ def prune_model(
     """
     cls = get_method(method)
     config = config or cls.config_cls()
+    check_requested(pattern)
     if not batches:
         raise DataError("the calibration set is empty: pass --samples >= 1 and a non-empty --calib")
     if check:
-        preflight(model, pattern, skip)
+        preflight(model, pattern, skip, cls, config)
     adapter = HFAdapter(skip=tuple(skip))
     pattern_of = layer_patterns(model, adapter, pattern, method)
 
@@ -182,19 +189,16 @@ def evaluation_texts(source: str) -> list[str]:
 def fidelity_passages(texts: Sequence[str], n_texts: int) -> list[str]:
     """Up to ``n_texts`` held-out passages (fewer for a small source; the count is reported)."""
     from .data import eval_sentences
-    from .data.batches import MIN_PASSAGE_CHARS, leading_passage
 
-    available = len({p for t in texts if len(p := leading_passage(t, 500)) >= MIN_PASSAGE_CHARS})
-    if available < 2:
-        raise DataError(
-            f"the held-out texts give {available} passage(s) of {MIN_PASSAGE_CHARS}+ characters, "
-            "fewer than the 2 that embedding fidelity needs: give a larger --calib source "
-            "or pass --no-eval"
-        )
-    if available < n_texts:
+    try:
+        passages = eval_sentences(list(texts), n_texts, max_chars=500, at_most=True)
+    except DataError as exc:
+        raise DataError(f"{exc}; embedding fidelity needs at least 2: give a larger --calib "
+                        "source or pass --no-eval") from None
+    if len(passages) < n_texts:
         log.warning("only %d held-out passages for embedding fidelity (of %d wanted)",
-                    available, n_texts)
-    return eval_sentences(list(texts), min(n_texts, available), max_chars=500)
+                    len(passages), n_texts)
+    return passages
 
 
 def prepare_evaluation(
@@ -287,7 +291,8 @@ def prune(
     from .data import load_texts
 
     t0 = time.perf_counter()
-    pattern = pattern if isinstance(pattern, (Unstructured, NM)) else parse_pattern(pattern)
+    pattern = (check_requested(pattern) if isinstance(pattern, (Unstructured, NM))
+               else parse_pattern(pattern))
     cfg = config if isinstance(config, MethodConfig) else make_config(method, config)
     check_scope(method, pattern)
     check_device(device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from . import api
 from .errors import PrunekitError, UsageError
-from .methods import load_builtin_methods
+from .methods import get_method, load_builtin_methods
 from .patterns import NM, parse_pattern
 from .report import evaluation_lines, layer_table, summary_table
 
@@ -133,10 +134,28 @@ def _pattern(args: argparse.Namespace):
     return pattern
 
 
+#: Method settings that have a flag: config field -> flag.
+SETTING_FLAGS = {"rel_damp": "--damp", "blocksize": "--blocksize", "hessian_dtype": "--hessian-dtype"}
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """The method settings given as flags; a flag the method does not have is an error."""
+    given = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k) is not None}
+    known = {f.name for f in dataclasses.fields(get_method(args.method).config_cls)}
+    for key in given:
+        if key not in known:
+            users = sorted(name for name, cls in load_builtin_methods().items()
+                           if key in {f.name for f in dataclasses.fields(cls.config_cls)})
+            raise UsageError(
+                f"{SETTING_FLAGS[key]} {given[key]} does not apply to --method {args.method}: "
+                f"drop it, or use a method that has it ({', '.join(users) or 'none'})"
+            )
+    return given
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     pattern = _pattern(args)
-    config = api.make_config(args.method, {"rel_damp": args.rel_damp, "blocksize": args.blocksize,
-                                           "hessian_dtype": args.hessian_dtype})
+    config = api.make_config(args.method, _settings(args))
     if args.out:
         api.check_output(args.out, args.overwrite)
     loaded, report = api.prune(
@@ -154,6 +173,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.out:
         path = api.save_pruned(loaded, report, args.out, args.overwrite)
         print(f"saved to {path} (report: {path / api.REPORT_FILE})")
+    else:
+        print("not saved: pass --out DIR to keep the pruned model")
     return 0
 
 

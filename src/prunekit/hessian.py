@@ -51,11 +51,6 @@ class HessianAccumulator:
         x = x.detach().reshape(-1, self.in_features).to(self.H.device, self.H.dtype)  # (n, c)
         if self._final is not None:
             raise RuntimeError(f"{self.name}: add_batch after finalize()")
-        if not bool(torch.isfinite(x).all()):
-            raise NumericalError(
-                f"{self.name}: calibration activations contain NaN/Inf: check the weights of "
-                "earlier layers and the model dtype (try float32)"
-            )
         n = x.shape[0]
         total = self.n_tokens + n
         self.H.mul_(self.n_tokens / total)
@@ -72,6 +67,11 @@ class HessianAccumulator:
             raise DataError(
                 f"{self.name}: no calibration tokens reached this layer: check the calibration "
                 "set is not empty and that the layer is used in the forward pass"
+            )
+        if not bool(torch.isfinite(torch.diagonal(self.H)).all()):  # NaN/Inf in any x_j reach H_jj
+            raise NumericalError(
+                f"{self.name}: calibration activations contain NaN/Inf: check the weights of "
+                "earlier layers and the model dtype (try float32)"
             )
         if self._final is None:
             self._final = torch.tril(self.H) + torch.tril(self.H, -1).T
@@ -109,32 +109,37 @@ def _recursive_tril_inverse(L: Tensor, leaf: int = 256) -> Tensor:
 
 
 def damped_cholesky(
-    H: Tensor, rel_damp: float = 0.01, max_tries: int = 6, growth: float = 10.0, name: str = "layer"
+    H: Tensor, rel_damp: float = 0.01, max_tries: int = 6, growth: float = 10.0,
+    name: str = "layer", overwrite: bool = False,
 ) -> tuple[Tensor, Damping]:
     """Lower Cholesky factor of H + λI, escalating λ until H + λI is positive definite.
 
     λ starts at ``rel_damp · mean(diag H)`` (SparseGPT's relative damping, "percdamp") and is
     multiplied by ``growth`` after each failure. The damping used is returned; if
     ``max_tries`` are not enough a :class:`NumericalError` names the layer and the fix.
+    With ``overwrite=True`` the damping is added to H in place (no copy of H is made).
     """
     if not bool(torch.isfinite(H).all()):
         raise NumericalError(f"{name}: the Hessian contains NaN/Inf: check calibration inputs")
+    if not rel_damp >= 0:
+        raise NumericalError(f"{name}: relative damping {rel_damp!r} must be >= 0, e.g. 0.01")
     mean_diag = float(torch.diagonal(H).mean())
     scale = mean_diag if mean_diag > 0 else 1.0
-    rel = rel_damp
+    Hd = H if overwrite else H.clone()
+    rel, added = rel_damp, 0.0
     for attempt in range(1, max_tries + 1):
         lam = rel * scale
-        Hd = H.clone()
-        Hd.diagonal().add_(lam)
+        torch.diagonal(Hd).add_(lam - added)
+        added = lam
         L, info = torch.linalg.cholesky_ex(Hd)
-        if int(info) == 0 and bool(torch.isfinite(L).all()):
+        if int(info) == 0 and bool(torch.isfinite(torch.diagonal(L)).all()):
             if attempt > 1:
                 log.warning("%s: Hessian needed damping %.3g (relative) to factor", name, rel)
             return L, Damping(rel, lam, attempt)
         rel = rel * growth if rel > 0 else 1e-6
     raise NumericalError(
-        f"{name}: the Hessian is not positive definite even with relative damping {rel / growth:.3g}: "
-        "use more calibration samples, or raise --damp"
+        f"{name}: the Hessian is not positive definite even with relative damping "
+        f"{rel / growth:.3g}: use more calibration samples, or raise --damp"
     )
 
 
@@ -149,6 +154,7 @@ def inverse_cholesky_upper(
     P H P = L̃ L̃ᵀ, U = P L̃⁻¹ P, so one factorisation and one triangular inverse replace the
     usual factor → invert → factor again (about half the flops).
     """
-    L, damping = damped_cholesky(torch.flip(H, (0, 1)), rel_damp, max_tries, name=name)  # P H P
+    Hr = torch.flip(H, (0, 1))  # P H P, a fresh copy that may be damped in place
+    L, damping = damped_cholesky(Hr, rel_damp, max_tries, name=name, overwrite=True)
     U = torch.flip(_recursive_tril_inverse(L), (0, 1))  # P L̃⁻¹ P
     return U, damping

@@ -83,11 +83,37 @@ def capture_block_inputs(
     return records
 
 
-def _hook(compressor: LayerCompressor) -> Callable:
-    def feed(_module: nn.Module, inputs: tuple, _output: Any) -> None:
-        compressor.add_batch(inputs[0])
+class _Feeder:
+    """Feeds every compressor its layer's inputs through forward hooks.
 
-    return feed
+    Layers that receive the very same input tensor in a forward pass (q/k/v projections,
+    gate/up projections) share one Hessian accumulator from the first batch on, so XᵀX is
+    computed once for them.
+    """
+
+    def __init__(self) -> None:
+        self.last_input: Tensor | None = None
+        self.last: LayerCompressor | None = None
+        self.leader: dict[int, LayerCompressor] = {}
+
+    def hook(self, comp: LayerCompressor) -> Callable:
+        def feed(_module: nn.Module, inputs: tuple, _output: Any) -> None:
+            x = inputs[0]
+            leader = self.leader.get(id(comp))
+            if leader is None and x is self.last_input and comp.hessian.n_tokens == 0:
+                leader = self.leader[id(comp)] = self.last  # type: ignore[assignment]
+                comp.hessian = leader.hessian
+            if leader is not None:
+                if x is not self.last_input:
+                    raise ModelError(
+                        f"{comp.layer_name}: shared its input with {leader.layer_name} on one "
+                        "batch but not on another: the block's forward is not deterministic"
+                    )
+                return
+            comp.add_batch(x)
+            self.last_input, self.last = x, comp
+
+        return feed
 
 
 def run_block(block: nn.Module, inputs: Sequence[BlockInput]) -> list[BlockInput]:
@@ -119,10 +145,8 @@ def run_sequential(
             name: make_compressor(name, layer)
             for name, layer in adapter.targets(block, f"{list_name}.{i}").items()
         }
-        handles = [
-            layer.register_forward_hook(_hook(c)) for c in compressors.values()
-            for layer in [c.layer]
-        ]
+        feeder = _Feeder()
+        handles = [c.layer.register_forward_hook(feeder.hook(c)) for c in compressors.values()]
         try:
             run_block(block, inputs)
         finally:

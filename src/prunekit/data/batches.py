@@ -228,13 +228,16 @@ def leading_passage(text: str, max_chars: int) -> str:
     return passage
 
 
-def eval_sentences(texts: list[str], n: int, max_chars: int = 500, seed: int = 0) -> list[str]:
+def eval_sentences(
+    texts: list[str], n: int, max_chars: int = 500, seed: int = 0, at_most: bool = False
+) -> list[str]:
     """``n`` distinct passages for embedding fidelity: leading sentences of documents.
 
     Documents are visited in an order shuffled by ``seed`` (``torch.randperm``); each gives
     :func:`leading_passage` (at most ``max_chars`` characters), kept when it has at least
     ``MIN_PASSAGE_CHARS`` characters and was not seen before. Deterministic for the
-    arguments. Raises DataError when the texts hold fewer than ``n`` such passages.
+    arguments. Raises DataError when the texts hold fewer than ``n`` such passages, unless
+    ``at_most`` (then all there are, at least 2).
     """
     _check_positive(n=n, max_chars=max_chars)
     generator = torch.Generator().manual_seed(seed)
@@ -247,6 +250,8 @@ def eval_sentences(texts: list[str], n: int, max_chars: int = 500, seed: int = 0
             passages.append(passage)
             if len(passages) == n:
                 return passages
+    if at_most and len(passages) >= 2:
+        return passages
     raise DataError(
         f"n={n} passages asked but the {len(texts)} texts give only {len(passages)} distinct "
         f"passages of {MIN_PASSAGE_CHARS}..{max_chars} characters; lower n or give more texts"

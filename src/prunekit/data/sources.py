@@ -183,7 +183,8 @@ def _load_local_dataset(path: Path, hf_split: str | None, cache_dir: str | None)
         return datasets.load_dataset(
             builder, data_files=str(path), split=hf_split, cache_dir=cache_dir
         )
-    except (OSError, ValueError) as exc:  # no data files, unreadable rows, unknown split
+    except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
+        # no data files, unreadable rows, unknown split, a folder that holds no dataset
         raise DataError(
             f"cannot read {str(path)!r} as a dataset (split={hf_split!r}): {exc}; give a "
             "folder of .json/.jsonl/.csv/.parquet/.txt files, one such file, or a folder "

@@ -96,9 +96,15 @@ class LayerCompressor(ABC):
                 f"method {self.name!r} has no global scope: use --scope row or layer "
                 "(global ranking is for magnitude)"
             )
+        if pattern is not None:
+            self.check(pattern, config)
         self.hessian: HessianAccumulator | None = HessianAccumulator(
             W.shape[1], DTYPES[config.hessian_dtype], W.device, name
         )
+
+    @classmethod
+    def check(cls, pattern: Pattern, config: MethodConfig) -> None:
+        """Raise a clear error, before any work, if ``pattern`` and ``config`` cannot go together."""
 
     def add_batch(self, x: Tensor) -> None:
         """Accumulate statistics from layer inputs x: (..., in_features)."""
@@ -154,7 +160,7 @@ def register(cls: type[LayerCompressor]) -> type[LayerCompressor]:
 
 
 def get_method(name: str) -> type[LayerCompressor]:
-    """The registered method called ``name``, or a :class:`PatternError` listing the choices."""
+    """The registered method called ``name``, or a :class:`UsageError` listing the choices."""
     from . import load_builtin_methods
 
     load_builtin_methods()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import PatternError
+from ..errors import PatternError, UsageError
 from ..hessian import Damping, inverse_cholesky_upper
 from ..masks import keep_all_but_lowest, prune_count
 from ..obs import obs_sweep_
@@ -76,9 +76,10 @@ def sparsegpt_prune(
     rows, cols = W.shape
     if isinstance(pattern, NM) and blocksize % pattern.m:
         raise PatternError(f"blocksize {blocksize} must be a multiple of m={pattern.m}")
-    H = H.clone()
     dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0
+    if bool(dead.any()):
+        H = H.clone()
+        H[dead, dead] = 1.0
     U, damping = inverse_cholesky_upper(H, rel_damp, name=name)
     Wt = torch.empty(cols, rows, dtype=H.dtype, device=H.device)  # (in, out), never W's storage
     Wt.copy_(W.T)  # column j of W is the contiguous row Wt[j]
@@ -96,12 +97,26 @@ class SparseGPTConfig(MethodConfig):
     blocksize: int = 128
     rel_damp: float = 0.01
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.blocksize, int) or self.blocksize < 1:
+            raise UsageError(f"--blocksize {self.blocksize!r} must be a positive integer, e.g. 128")
+        if not self.rel_damp >= 0:  # also rejects NaN
+            raise UsageError(f"--damp {self.rel_damp!r} must be >= 0, e.g. 0.01")
+
 
 @register
 class SparseGPT(LayerCompressor):
     name = "sparsegpt"
     config_cls = SparseGPTConfig
     description = "OBS reconstruction with inverse-Hessian Cholesky, lazy blocks, adaptive mask"
+
+    @classmethod
+    def check(cls, pattern: Pattern, config: SparseGPTConfig) -> None:
+        if isinstance(pattern, NM) and config.blocksize % pattern.m:
+            raise PatternError(
+                f"--blocksize {config.blocksize} is not a multiple of m={pattern.m} of pattern "
+                f"{pattern}: use --blocksize {max(pattern.m, config.blocksize // pattern.m * pattern.m)}"
+            )
 
     def solve(self, W: Tensor, H: Tensor):
         cfg = self.config

