@@ -220,6 +220,14 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(lines) or type(exc).__name__
 
 
+def _quiet_transformers(verbose: bool) -> None:
+    """transformers' own weight-loading bars would interleave with ours; keep its warnings."""
+    if not verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (errors print one line to stderr)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -229,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    _quiet_transformers(args.verbose)
     hint = "" if args.verbose else " (rerun with --verbose for the traceback)"
     try:
         return COMMANDS[args.command](args)

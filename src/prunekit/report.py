@@ -99,7 +99,8 @@ def summary_table(reports: list[PruneReport]) -> str:
                      _fmt(ev.get("cosine"), ".4f"), _fmt(ev.get("nn_agreement"), ".1%"),
                      _fmt(ev.get("pruned_ppl"), ".2f"), _fmt(r.mean_rel_error, ".4f"),
                      f"{r.seconds.get('prune', 0.0):.2f}"))
-    return _table(rows)
+    keep = [i for i in range(len(rows[0])) if any(row[i] != "-" for row in rows[1:])]
+    return _table([tuple(row[i] for i in keep) for row in rows])  # drop all-empty columns
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
