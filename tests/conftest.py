@@ -27,6 +27,9 @@ def tiny_config(family: str):
 
     if family == "llama":
         return tf.LlamaConfig(**TINY, num_key_value_heads=2, architectures=["LlamaForCausalLM"])
+    if family == "mistral":
+        return tf.MistralConfig(**TINY, num_key_value_heads=2, sliding_window=8,
+                                architectures=["MistralForCausalLM"])
     if family == "qwen2":
         return tf.Qwen2Config(**TINY, num_key_value_heads=2, architectures=["Qwen2ForCausalLM"])
     if family == "opt":
@@ -50,7 +53,7 @@ def tiny_model(family: str, seed: int = 0):
     return auto.from_config(cfg).eval()
 
 
-FAMILIES = ("llama", "opt", "gpt2", "bert", "qwen2")
+FAMILIES = ("llama", "opt", "gpt2", "bert", "qwen2", "mistral")
 
 
 @pytest.fixture(params=FAMILIES)

@@ -18,7 +18,8 @@ def naive_sparsegpt(W: Tensor, H: Tensor, pattern: Pattern, blocksize: int, rel_
     H_{F_j}⁻¹[j, :] (Eq. 3 with the row's Hessian H_{F_j}; Hassibi & Stork 1993). The mask of
     each block of ``blocksize`` columns (each group of m for N:M) is chosen when the sweep
     reaches it, by the OBS saliency w_j² / [H_{F_j}⁻¹]_jj of the current weights (Sec. 3.3).
-    Unstructured here means layer scope within each block, with the exact cumulative count.
+    Unstructured, scope "layer": the block's weights compete across rows (the paper's Alg. 1),
+    with the exact cumulative count; scope "row": each row prunes its share of the block.
     """
     W = W.double().clone()
     H = H.double().clone()
@@ -39,6 +40,11 @@ def naive_sparsegpt(W: Tensor, H: Tensor, pattern: Pattern, blocksize: int, rel_
             sal = W[:, j:j2] ** 2 / d  # (r, p)
             if isinstance(pattern, NM):
                 idx = torch.argsort(sal, dim=1, stable=True)[:, : pattern.m - pattern.n]
+                prune[:, j:j2].scatter_(1, idx, True)
+            elif pattern.scope == "row":
+                s = pattern.sparsity
+                cnt = math.floor(j2 * s + 1e-9) - math.floor(j * s + 1e-9)
+                idx = torch.argsort(sal, dim=1, stable=True)[:, :cnt]
                 prune[:, j:j2].scatter_(1, idx, True)
             else:
                 s = pattern.sparsity

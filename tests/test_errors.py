@@ -313,3 +313,14 @@ def test_save_replaces_and_restores(tmp_path, monkeypatch):
     assert api.save_pruned(loaded, _report(), out, overwrite=True) == out
     assert {"config.json", "tokenizer.json", api.REPORT_FILE} <= set(_siblings(out))
     assert "keep.txt" not in _siblings(out) and _siblings(tmp_path) == ["out"]
+
+
+def test_skip_glob_matching_nothing_is_an_error():
+    with pytest.raises(UsageError, match="--skip '\\*.nope' matches no target layer"):
+        api.prune_model(tiny_model("llama"), "magnitude", Unstructured(0.5), random_batches(),
+                        skip=["*.nope"])
+
+
+def test_named_calibration_split_needs_separate_eval_data():
+    with pytest.raises(DataError, match="--eval-data"):
+        api.evaluation_texts("wikitext:wikitext-2-raw-v1@train")

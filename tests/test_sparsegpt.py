@@ -20,13 +20,15 @@ def correlated_inputs(n=2048, c=64, seed=0, dtype=torch.float64):
     return X, 2.0 / n * X.T @ X
 
 
+@pytest.mark.parametrize("blocksize", [24, 48])  # lazy sub-blocks of 12 and 16 inside
 @pytest.mark.parametrize("pattern", [Unstructured(0.5, "layer"), Unstructured(0.37, "layer"),
-                                     NM(2, 4), NM(1, 4), NM(4, 8)])
-def test_sparsegpt_equals_naive_obs_float64(pattern):
+                                     Unstructured(0.3, "row"), NM(2, 4), NM(1, 4), NM(4, 8),
+                                     NM(1, 3)])
+def test_sparsegpt_equals_naive_obs_float64(pattern, blocksize):
     _, H = correlated_inputs(c=48)
     W = torch.randn(12, 48, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    ours, loss, damp = sparsegpt_prune(W, H, pattern, blocksize=16, rel_damp=0.01)
-    ref = naive_sparsegpt(W, H, pattern, blocksize=16, rel_damp=0.01)
+    ours, loss, damp = sparsegpt_prune(W, H, pattern, blocksize=blocksize, rel_damp=0.01)
+    ref = naive_sparsegpt(W, H, pattern, blocksize=blocksize, rel_damp=0.01)
     assert torch.allclose(ours, ref, atol=TOL["float64_exact"], rtol=0)
     assert torch.equal(ours == 0, ref == 0)
     # the OBS loss the sweep predicts is the actual increase ½ tr(ΔW H_λ ΔWᵀ)
@@ -53,6 +55,24 @@ def test_sparsegpt_pattern_holds_exactly(pattern):
     assert satisfies(ours, pattern)
     if isinstance(pattern, Unstructured) and pattern.scope == "row":
         assert ((ours == 0).sum(1) == int(256 * pattern.sparsity)).all()
+
+
+def test_dead_inputs_are_pruned_first():
+    """Inputs no token activated cannot matter on the data: their weights go, live ones stay."""
+    H = torch.diag(torch.tensor([1e-2] * 8 + [0.0] * 8, dtype=torch.float64))
+    W = torch.ones(4, 16, dtype=torch.float64)
+    ours, _, _ = sparsegpt_prune(W, H, Unstructured(0.5, "layer"), blocksize=16)
+    assert (ours[:, 8:] == 0).all() and (ours[:, :8] != 0).all()
+    assert relative_error(W, ours, H) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("blocksize,pattern", [(20, Unstructured(0.5)), (126, NM(1, 3)),
+                                               (24, NM(2, 4)), (7, Unstructured(0.4, "layer"))])
+def test_unusual_blocksizes(blocksize, pattern):
+    _, H = correlated_inputs(c=168, dtype=torch.float32)
+    W = torch.randn(8, 168, generator=torch.Generator().manual_seed(6))
+    ours, _, _ = sparsegpt_prune(W, H, pattern, blocksize=blocksize)
+    assert satisfies(ours, pattern)
 
 
 def test_sparsegpt_zero_sparsity_changes_nothing():

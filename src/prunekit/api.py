@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fnmatch
 import dataclasses
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,14 @@ def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> Meth
         raise UsageError(f"method {method!r}: invalid settings {overrides}: {exc}") from None
 
 
+def resolve_pattern(pattern: str | float | Pattern, method: str) -> Pattern:
+    """A requested pattern; a bare sparsity gets the method's default scope (SparseGPT: layer,
+    its paper's adaptive per-block mask; magnitude and Wanda: row)."""
+    if isinstance(pattern, (Unstructured, NM)):
+        return check_requested(pattern)
+    return parse_pattern(pattern, get_method(method).default_scope)
+
+
 def check_scope(method: str, pattern: Pattern) -> None:
     """Raise :class:`PatternError` if ``method`` cannot rank weights at ``pattern``'s scope."""
     if isinstance(pattern, Unstructured) and pattern.scope == "global":
@@ -64,14 +74,29 @@ def check_scope(method: str, pattern: Pattern) -> None:
             )
 
 
+class _AbsWeights(Mapping[str, torch.Tensor]):
+    """|W| of each target layer, computed when asked (no copy of all weights at once)."""
+
+    def __init__(self, layers: Mapping[str, nn.Module]) -> None:
+        self.layers = layers
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return weight_matrix(self.layers[name]).abs()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
 def layer_patterns(
     model: nn.Module, adapter: HFAdapter, pattern: Pattern, method: str
 ) -> Callable[[str], Pattern]:
     """Per-layer patterns: global scope is resolved by one ranking of |W| over all targets."""
     check_scope(method, pattern)
     if isinstance(pattern, Unstructured) and pattern.scope == "global":
-        scores = {n: weight_matrix(m).abs() for n, m in adapter.all_targets(model).items()}
-        per_layer = global_patterns(scores, pattern.sparsity)
+        per_layer = global_patterns(_AbsWeights(adapter.all_targets(model)), pattern.sparsity)
         return per_layer.__getitem__
     return lambda _name: pattern
 
@@ -100,6 +125,17 @@ def check_pattern_fits(model: nn.Module, pattern: Pattern, skip: Sequence[str] =
         pattern.check_fits(weight_matrix(layer).shape[1], where=name)
 
 
+def check_skips(model: nn.Module, skip: Sequence[str]) -> None:
+    """Raise :class:`UsageError` for a --skip glob that matches no target layer (a typo would
+    otherwise prune everything)."""
+    names = list(HFAdapter().all_targets(model))
+    for glob in skip:
+        if not any(fnmatch.fnmatch(n, glob) for n in names):
+            raise UsageError(
+                f"--skip {glob!r} matches no target layer: target names look like {names[0]!r}"
+            )
+
+
 def preflight(
     model: nn.Module, pattern: Pattern, skip: Sequence[str] = (),
     method: type[LayerCompressor] | None = None, config: MethodConfig | None = None,
@@ -107,6 +143,7 @@ def preflight(
     """Checks that need only the model: finite weights, an N:M pattern that fits, and the
     method's own check of pattern and settings."""
     check_weights_finite(model)
+    check_skips(model, skip)
     check_pattern_fits(model, pattern, skip)
     if method is not None:
         method.check(pattern, config or method.config_cls())
@@ -176,10 +213,20 @@ def max_positions(model: nn.Module) -> int | None:
     return None
 
 
-def evaluation_texts(source: str) -> list[str]:
-    """The held-out ``"eval"`` texts of ``source``; the error says how to do without them."""
-    from .data import load_texts
+def evaluation_texts(calib: str, eval_data: str | None = None) -> list[str]:
+    """The held-out texts: the ``"eval"`` part of ``eval_data`` (default: of ``calib``).
 
+    A calibration source that names its split (``NAME@train``) uses that split whole, so it
+    has no held-out part: evaluating on it needs another source.
+    """
+    from .data import explicit_split, load_texts
+
+    source = eval_data or calib
+    if source == calib and explicit_split(calib) is not None:
+        raise DataError(
+            f"--calib {calib!r} names a split, which calibration uses whole: pass --eval-data "
+            "with another split (e.g. NAME@test), or --no-eval"
+        )
     try:
         return load_texts(source, "eval")
     except DataError as exc:
@@ -201,6 +248,17 @@ def fidelity_passages(texts: Sequence[str], n_texts: int) -> list[str]:
     return passages
 
 
+@contextlib.contextmanager
+def on_device(model: nn.Module, device: str | torch.device) -> Iterator[nn.Module]:
+    """The whole model on ``device`` for an evaluation, back where it was afterwards."""
+    home = next(model.parameters()).device
+    model.to(device)
+    try:
+        yield model
+    finally:
+        model.to(home)
+
+
 def prepare_evaluation(
     loaded: LoadedModel, source: str, seqlen: int, device: str | torch.device, n_texts: int = 200,
     texts: Sequence[str] | None = None,
@@ -209,28 +267,37 @@ def prepare_evaluation(
 
     ``texts``: the source's evaluation texts when the caller has loaded them already.
     """
-    from .data import eval_windows
+    from .data import eval_windows, explicit_split
     from .eval import embedding_fidelity, perplexity, PerplexityProtocol, sentence_embeddings
 
     texts = list(texts) if texts is not None else evaluation_texts(source)
-    model, tok = loaded.model.to(device), loaded.tokenizer
+    tok = loaded.tokenizer
     if loaded.kind == "encoder":
         passages = fidelity_passages(texts, n_texts)
         max_len = min(seqlen, 128)
-        dense = sentence_embeddings(model, tok, passages, max_length=max_len, device=device)
+
+        def embed(model: nn.Module) -> torch.Tensor:
+            with on_device(model, device):
+                return sentence_embeddings(model, tok, passages, max_length=max_len, device=device)
+
+        dense = embed(loaded.model)
 
         def fidelity(pruned: nn.Module) -> dict[str, Any]:
-            emb = sentence_embeddings(pruned.to(device), tok, passages, max_length=max_len, device=device)
-            return dataclasses.asdict(embedding_fidelity(dense, emb, max_len)) | {"data": source}
+            return dataclasses.asdict(embedding_fidelity(dense, embed(pruned), max_len)) | {"data": source}
 
         return fidelity
     windows = eval_windows(tok, texts, seqlen, stride=seqlen, max_windows=32)
-    dense_ppl, n_tok = perplexity(model, windows, device)
-    protocol = PerplexityProtocol(source, "eval", seqlen, seqlen, len(windows), n_tok)
+
+    def ppl_of(model: nn.Module) -> tuple[float, int]:
+        with on_device(model, device):
+            return perplexity(model, windows, device)
+
+    dense_ppl, n_tok = ppl_of(loaded.model)
+    split = explicit_split(source) or "held-out (validation/test split, or a 10% hash split)"
+    protocol = PerplexityProtocol(source, split, seqlen, seqlen, len(windows), n_tok)
 
     def ppl(pruned: nn.Module) -> dict[str, Any]:
-        value, _ = perplexity(pruned.to(device), windows, device)
-        return {"dense_ppl": dense_ppl, "pruned_ppl": value, "protocol": str(protocol)}
+        return {"dense_ppl": dense_ppl, "pruned_ppl": ppl_of(pruned)[0], "protocol": str(protocol)}
 
     return ppl
 
@@ -256,7 +323,6 @@ def run_one(
                          skip=skip, progress=progress, check=check)
     t1 = time.perf_counter()
     evaluation = measure(loaded.model) if measure else {}
-    loaded.model.to("cpu")
     return PruneReport(
         model=loaded.source, method=method, pattern=str(pattern), calibration=calibration_info,
         device=str(device), layers=layers, evaluation=evaluation,
@@ -280,6 +346,7 @@ def prune(
     skip: Sequence[str] = (),
     config: Mapping[str, Any] | MethodConfig | None = None,
     evaluate: bool = True,
+    eval_data: str | None = None,
     progress: Progress | None = None,
 ) -> tuple[LoadedModel, PruneReport]:
     """Load ``model``, calibrate on ``calib``, prune it with ``method`` to ``pattern``.
@@ -291,13 +358,12 @@ def prune(
     from .data import load_texts
 
     t0 = time.perf_counter()
-    pattern = (check_requested(pattern) if isinstance(pattern, (Unstructured, NM))
-               else parse_pattern(pattern))
+    pattern = resolve_pattern(pattern, method)
     cfg = config if isinstance(config, MethodConfig) else make_config(method, config)
     check_scope(method, pattern)
     check_device(device)
     calib_texts = load_texts(calib, "calib")
-    eval_texts = evaluation_texts(calib) if evaluate else None
+    eval_texts = evaluation_texts(calib, eval_data) if evaluate else None
     t_texts = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     check_seqlen(seqlen, max_positions(loaded.model))
@@ -306,7 +372,7 @@ def prune(
     batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
                           max_positions(loaded.model), texts=calib_texts)
     t_data = time.perf_counter()
-    measure = (prepare_evaluation(loaded, calib, seqlen, device, texts=eval_texts)
+    measure = (prepare_evaluation(loaded, eval_data or calib, seqlen, device, texts=eval_texts)
                if evaluate else None)
     t_dense = time.perf_counter()
     info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
@@ -316,6 +382,34 @@ def prune(
     report.seconds = {"load": t_load - t_texts, "calibration_data": t_data - t_load + t_texts - t0,
                       "dense_eval": t_dense - t_data, **report.seconds}
     return loaded, report
+
+
+def compare(
+    loaded: LoadedModel,
+    runs: Sequence[tuple[str, str | float | Pattern]],
+    *,
+    calib: str = "stdlib",
+    samples: int = 64,
+    seqlen: int = 128,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: Callable[[str, Pattern], Progress | None] = lambda _m, _p: None,
+) -> list[PruneReport]:
+    """Prune copies of one dense model with each (method, pattern) of ``runs`` on the same
+    calibration batches, and evaluate each against the same dense reference."""
+    check_device(device)
+    resolved = [(method, resolve_pattern(p, method)) for method, p in runs]
+    batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
+                          max_positions(loaded.model))
+    measure = prepare_evaluation(loaded, calib, seqlen, device)
+    info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
+            "tokens": samples * seqlen}
+    return [
+        run_one(copy_model(loaded), method, pattern, batches, calibration_info=info,
+                measure=measure, device=device, progress=progress(method, pattern))
+        for method, pattern in resolved
+    ]
 
 
 def check_device(device: str | torch.device) -> None:
@@ -338,6 +432,12 @@ def check_device(device: str | torch.device) -> None:
         raise UsageError(f"--device {device!r} is not supported: use cpu or cuda[:N]")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError(f"--device {device}: MPS is not available here: use --device cpu")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
@@ -371,6 +471,7 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: str | os.PathLike
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the output is an ordinary folder
     except OSError as exc:
         raise ModelError(f"cannot write {str(path)!r}: {exc}: pass another --out") from None
     try:

@@ -84,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--sparsity", help="unstructured sparsity in [0, 1), e.g. 0.5 or 50%%")
     which.add_argument("--pattern", help="N:M pattern such as 2:4 (or a sparsity)")
-    p.add_argument("--scope", choices=("row", "layer", "global"), default="row",
-                   help="where unstructured weights compete: per output row (default), per "
-                        "layer, or across all layers (magnitude only)")
+    p.add_argument("--scope", choices=("row", "layer", "global"), default=None,
+                   help="where unstructured weights compete: per output row, per layer, or "
+                        "across all layers (magnitude only); default: the method's own (row "
+                        "for magnitude and wanda, layer for sparsegpt, whose mask is chosen "
+                        "per block of columns across all rows as in its paper)")
     _add_calibration(p, samples=128, seqlen=512)
     p.add_argument("--out", help="output directory (model, tokenizer, prune_report.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -98,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hessian-dtype", choices=("float32", "float64"),
                    help="precision of the Hessian and solves (default float32)")
     p.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
+    p.add_argument("--eval-data", metavar="SOURCE",
+                   help="held-out text for the evaluation, like --calib (default: the held-out "
+                        "part of --calib; needed when --calib names a split, NAME@SPLIT)")
     p.add_argument("--quiet", action="store_true", help="no per-layer table")
 
     d = sub.add_parser("demo", parents=[common], help="prune the built-in MiniLM with every method and compare")
@@ -125,7 +130,8 @@ def _progress(desc: str):
 
 def _pattern(args: argparse.Namespace):
     """The pattern of --sparsity or --pattern; --sparsity takes no N:M pattern."""
-    pattern = parse_pattern(args.sparsity if args.sparsity is not None else args.pattern, args.scope)
+    text = args.sparsity if args.sparsity is not None else args.pattern
+    pattern = parse_pattern(text, args.scope or get_method(args.method).default_scope)
     if args.sparsity is not None and isinstance(pattern, NM):
         raise UsageError(
             f"--sparsity {args.sparsity} is an N:M pattern, not a fraction: pass --pattern "
@@ -161,7 +167,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     loaded, report = api.prune(
         args.model, args.method, pattern, calib=args.calib, samples=args.samples,
         seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed, device=args.device,
-        skip=args.skip, config=config, evaluate=not args.no_eval,
+        skip=args.skip, config=config, evaluate=not args.no_eval, eval_data=args.eval_data,
         progress=_progress(f"{args.method} {pattern}"))
     if not args.quiet:
         print(layer_table(report))
@@ -182,21 +188,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .models.loaders import load_model
 
     start = time.perf_counter()
-    api.check_device(args.device)
     print("prunekit demo: all-MiniLM-L6-v2 (packaged), calibrated on the built-in stdlib corpus")
-    loaded = load_model("minilm")
-    batches = api.calibration(loaded.tokenizer, args.calib, args.samples, args.seqlen,
-                              args.batch_size, args.seed, api.max_positions(loaded.model))
-    measure = api.prepare_evaluation(loaded, args.calib, args.seqlen, args.device)
-    info = {"source": args.calib, "samples": args.samples, "seqlen": args.seqlen,
-            "seed": args.seed, "tokens": args.samples * args.seqlen}
-    reports = []
-    for method, text in DEMO_RUNS:
-        pattern = parse_pattern(text)
-        run = api.copy_model(loaded)
-        reports.append(api.run_one(run, method, pattern, batches, calibration_info=info,
-                                   measure=measure, device=args.device,
-                                   progress=_progress(f"{method} {pattern}")))
+    reports = api.compare(
+        load_model("minilm"), DEMO_RUNS, calib=args.calib, samples=args.samples,
+        seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed, device=args.device,
+        progress=lambda method, pattern: _progress(f"{method} {pattern}"))
     print(f"calibration: {args.samples} x {args.seqlen} tokens from {args.calib!r}; "
           f"fidelity on {reports[0].evaluation['n_texts']} held-out passages "
           "(mean cosine of dense vs pruned embeddings; nearest-neighbour agreement)")

@@ -80,21 +80,42 @@ def pattern_mask(scores: Tensor, pattern: Pattern) -> Tensor:
     return topk_mask(scores, pattern.sparsity, pattern.scope)
 
 
+def _ordered_int(scores: Tensor) -> Tensor:
+    """float32 -> int32 with the same order (IEEE-754 bits, negative values flipped)."""
+    bits = scores.detach().float().contiguous().view(torch.int32)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
 def global_prune_counts(scores: Mapping[str, Tensor], sparsity: float) -> dict[str, int]:
     """Per-tensor prune counts for one global ranking of all ``scores`` (global magnitude).
 
-    The ``floor(total * sparsity)`` lowest scores over all tensors are removed; ties are broken
-    by tensor order, then position. Returns how many fall in each tensor.
+    The ``floor(total * sparsity)`` lowest scores over all tensors are removed; ties at the
+    threshold are taken in tensor order. The threshold is found by bisection on the scores'
+    ordered bit patterns (32 passes over the tensors), so no copy of all scores is ever
+    concatenated or sorted: ``scores`` may be a lazy mapping that computes each tensor on access.
     """
     names = list(scores)
-    flat = torch.cat([scores[k].detach().reshape(-1).float().cpu() for k in names])
-    n_prune = prune_count(flat.numel(), sparsity)
-    owner = torch.repeat_interleave(
-        torch.arange(len(names)), torch.tensor([scores[k].numel() for k in names])
-    )
-    pruned_owner = owner[torch.argsort(flat, stable=True)[:n_prune]]
-    counts = torch.bincount(pruned_owner, minlength=len(names))
-    return {k: int(c) for k, c in zip(names, counts.tolist())}
+    total = sum(scores[k].numel() for k in names)
+    n_prune = prune_count(total, sparsity)
+    if n_prune == 0:
+        return {k: 0 for k in names}
+
+    def count(op) -> int:
+        return sum(int(op(_ordered_int(scores[k])).sum()) for k in names)
+
+    lo, hi = -(2**31), 2**31 - 1
+    while lo < hi:  # smallest t with #(score <= t) >= n_prune
+        mid = (lo + hi) // 2
+        if count(lambda o: o <= mid) >= n_prune:
+            hi = mid
+        else:
+            lo = mid + 1
+    counts, ties_left = {}, n_prune - count(lambda o: o < lo)
+    for k in names:
+        o = _ordered_int(scores[k])
+        take = min(int((o == lo).sum()), ties_left)
+        counts[k], ties_left = int((o < lo).sum()) + take, ties_left - take
+    return counts
 
 
 def global_patterns(scores: Mapping[str, Tensor], sparsity: float) -> dict[str, Unstructured]:

@@ -42,6 +42,17 @@ class ColumnRule(Protocol):
     def fix_(self, j: int, w: Tensor, err: Tensor) -> None: ...
 
 
+def inner_size(blocksize: int, period: int, target: int = 16) -> int:
+    """The largest sub-block ≤ max(target, period) that divides ``blocksize`` and is a multiple
+    of a rule ``period`` shorter than the block (so N:M groups never straddle sub-blocks)."""
+    step = period if period < blocksize else 1
+    best = step if blocksize % step == 0 else blocksize
+    for inner in range(step, min(max(target, step), blocksize) + 1, step):
+        if blocksize % inner == 0:
+            best = inner
+    return best
+
+
 def _check_blocking(period: int, blocksize: int, inner: int) -> None:
     if blocksize % inner:
         raise ValueError(f"blocksize {blocksize} must be a multiple of inner {inner}")

@@ -12,13 +12,14 @@ from prunekit.data.batches import (
     token_stream,
 )
 from prunekit.data.corpus import Document, is_eval_key, stdlib_documents, stdlib_split
-from prunekit.data.sources import load_texts, parse_dataset_spec
+from prunekit.data.sources import explicit_split, load_texts, parse_dataset_spec
 
 __all__ = [
     "Document",
     "calibration_batches",
     "eval_sentences",
     "eval_windows",
+    "explicit_split",
     "is_eval_key",
     "load_texts",
     "parse_dataset_spec",

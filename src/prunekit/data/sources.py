@@ -101,6 +101,13 @@ def _load_external(source: str, split: Split, cache_dir: str | None) -> list[str
     return _dataset_texts(loaded, hf_split, split)
 
 
+def explicit_split(source: str) -> str | None:
+    """The ``@SPLIT`` a dataset source names, which is then used whole for either role."""
+    if source == "stdlib" or Path(source).expanduser().is_file() or "@" not in source:
+        return None
+    return parse_dataset_spec(source)[2]
+
+
 def parse_dataset_spec(spec: str) -> tuple[str, str | None, str | None]:
     """Parse ``NAME[:CONFIG][@SPLIT]`` into ``(name, config, split)``; absent parts are None.
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from .base import REGISTRY, LayerCompressor, LayerResult, MethodConfig, get_method, register
 
-BUILTIN = ("magnitude", "wanda", "sparsegpt")
-
-
 def load_builtin_methods() -> dict[str, type[LayerCompressor]]:
-    """Import the built-in method modules (which register themselves) and return the registry."""
-    for module in BUILTIN:
-        importlib.import_module(f"{__name__}.{module}")
+    """Import every module of this package (each registers its method) and return the registry.
+
+    A new method is a new file here: nothing else needs an edit.
+    """
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
     return REGISTRY
 
 

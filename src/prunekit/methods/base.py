@@ -32,6 +32,13 @@ class MethodConfig:
 
     hessian_dtype: str = "float32"
 
+    def __post_init__(self) -> None:
+        if self.hessian_dtype not in DTYPES:
+            raise UsageError(
+                f"--hessian-dtype {self.hessian_dtype!r} is not supported: use "
+                f"{' or '.join(sorted(DTYPES))}"
+            )
+
 
 @dataclass
 class LayerResult:
@@ -79,6 +86,7 @@ class LayerCompressor(ABC):
     name: ClassVar[str]
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     supports_global: ClassVar[bool] = False
+    default_scope: ClassVar[str] = "row"  # scope of an unstructured sparsity given as a number
     description: ClassVar[str] = ""
 
     def __init__(

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..errors import PatternError, UsageError
 from ..hessian import Damping, inverse_cholesky_upper
 from ..masks import keep_all_but_lowest, prune_count
-from ..obs import obs_sweep_
+from ..obs import inner_size, obs_sweep_
 from ..patterns import NM, Pattern, Unstructured
 from .base import LayerCompressor, MethodConfig, register
 
@@ -70,8 +70,9 @@ def sparsegpt_prune(
     """Prune W (out, in) to ``pattern`` with SparseGPT given H = 2/N XᵀX (in, in).
 
     Returns (Ŵ, loss, damping): the pruned weight, the OBS loss Σ_rows Σ_j err²/2 the sweep
-    predicts, and the damping used. Columns that no token activated (H_jj = 0) get H_jj = 1 so
-    that the factorisation exists; their weights are then pruned by magnitude alone.
+    predicts, and the damping used. Columns that no token activated (H_jj = 0) cannot change
+    the layer's output on the calibration data: their weights are zeroed (they count towards the
+    sparsity and are chosen first) and H_jj = 1 so that the factorisation exists.
     """
     rows, cols = W.shape
     if isinstance(pattern, NM) and blocksize % pattern.m:
@@ -83,9 +84,9 @@ def sparsegpt_prune(
     U, damping = inverse_cholesky_upper(H, rel_damp, name=name)
     Wt = torch.empty(cols, rows, dtype=H.dtype, device=H.device)  # (in, out), never W's storage
     Wt.copy_(W.T)  # column j of W is the contiguous row Wt[j]
+    Wt[dead] = 0.0
     rule = SaliencyPruneRule(pattern, cols, rows, blocksize)
-    inner = pattern.m * max(1, 16 // pattern.m) if isinstance(pattern, NM) else 16
-    losses = obs_sweep_(Wt, U, rule, blocksize=blocksize, inner=inner)
+    losses = obs_sweep_(Wt, U, rule, blocksize=blocksize, inner=inner_size(blocksize, rule.period))
     return Wt.T.contiguous(), losses.sum(), damping
 
 
@@ -98,6 +99,7 @@ class SparseGPTConfig(MethodConfig):
     rel_damp: float = 0.01
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not isinstance(self.blocksize, int) or self.blocksize < 1:
             raise UsageError(f"--blocksize {self.blocksize!r} must be a positive integer, e.g. 128")
         if not self.rel_damp >= 0:  # also rejects NaN
@@ -108,6 +110,7 @@ class SparseGPTConfig(MethodConfig):
 class SparseGPT(LayerCompressor):
     name = "sparsegpt"
     config_cls = SparseGPTConfig
+    default_scope = "layer"  # the paper's adaptive mask: each block's weights compete across rows
     description = "OBS reconstruction with inverse-Hessian Cholesky, lazy blocks, adaptive mask"
 
     @classmethod
