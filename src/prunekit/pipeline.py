@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .errors import ModelError
 from .methods.base import LayerCompressor, LayerResult
-from .models.adapter import HFAdapter
+from .models.adapter import ModelAdapter
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _device_of(module: nn.Module) -> torch.device:
 
 def capture_block_inputs(
     model: nn.Module,
-    adapter: HFAdapter,
+    adapter: ModelAdapter,
     batches: Iterable[dict[str, Tensor]],
     device: torch.device,
 ) -> list[BlockInput]:
@@ -127,7 +127,7 @@ def run_block(block: nn.Module, inputs: Sequence[BlockInput]) -> list[BlockInput
 
 def run_sequential(
     model: nn.Module,
-    adapter: HFAdapter,
+    adapter: ModelAdapter,
     batches: Iterable[dict[str, Tensor]],
     make_compressor: Callable[[str, nn.Module], LayerCompressor],
     device: torch.device | str = "cpu",

@@ -21,9 +21,15 @@ TARGET_TYPES = ("Linear", "Conv1D")
 
 
 class ModelAdapter(Protocol):
+    """The only code that knows model families: where the blocks are, what to compress."""
+
+    def block_list(self, model: nn.Module) -> tuple[str, nn.ModuleList]: ...
+
     def blocks(self, model: nn.Module) -> Sequence[nn.Module]: ...
 
-    def targets(self, block: nn.Module) -> dict[str, nn.Module]: ...
+    def targets(self, block: nn.Module, prefix: str = "") -> dict[str, nn.Module]: ...
+
+    def all_targets(self, model: nn.Module) -> dict[str, nn.Module]: ...
 
 
 def is_target(module: nn.Module) -> bool:
