@@ -19,9 +19,8 @@ import time
 
 import torch
 
-from prunekit.api import calibration, prune_model
+from prunekit.api import calibration, prune_model, resolve_pattern
 from prunekit.models.loaders import load_model
-from prunekit.patterns import parse_pattern
 
 
 def rss_mib() -> float:
@@ -58,8 +57,8 @@ def main() -> None:
 
     t_fwd = timed(dense_forward)
     print(f"baseline: one dense forward over the calibration set: {t_fwd:.2f} s (median)")
-    pattern = parse_pattern(args.pattern)
     for method in args.methods.split(","):
+        pattern = resolve_pattern(args.pattern, method)  # the method's default scope
         times = []
         for _ in range(args.repeats):
             model = copy.deepcopy(loaded.model)
