@@ -7,8 +7,9 @@ Only the current block and the calibration activations live on the compute devic
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -49,6 +50,7 @@ def capture_block_inputs(
     adapter: ModelAdapter,
     batches: Iterable[dict[str, Tensor]],
     device: torch.device,
+    home: torch.device | None = None,
 ) -> list[BlockInput]:
     """Record the (args, kwargs) the first block receives for every batch.
 
@@ -66,7 +68,7 @@ def capture_block_inputs(
     def record(_module: nn.Module, args: tuple, kwargs: dict) -> None:
         records.append((args, dict(kwargs)))
 
-    home = _device_of(model)
+    home = home or _device_of(model)  # where the model is kept: it goes back there after
     setattr(parent, attr, nn.ModuleList([blocks[0]]))
     handle = blocks[0].register_forward_pre_hook(record, with_kwargs=True)
     try:
@@ -125,6 +127,23 @@ def run_block(block: nn.Module, inputs: Sequence[BlockInput]) -> list[BlockInput
     return out
 
 
+@contextlib.contextmanager
+def _feeding(
+    block: nn.Module, prefix: str, adapter: ModelAdapter,
+    make_compressor: Callable[[str, nn.Module], LayerCompressor],
+) -> Iterator[dict[str, LayerCompressor]]:
+    """Compressors for the block's targets, fed by forward hooks while the context is open."""
+    compressors = {name: make_compressor(name, layer)
+                   for name, layer in adapter.targets(block, prefix).items()}
+    feeder = _Feeder()
+    handles = [c.layer.register_forward_hook(feeder.hook(c)) for c in compressors.values()]
+    try:
+        yield compressors
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def run_sequential(
     model: nn.Module,
     adapter: ModelAdapter,
@@ -133,25 +152,24 @@ def run_sequential(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
 ) -> list[LayerResult]:
-    """Compress every target layer of ``model`` block by block; returns per-layer results."""
+    """Compress every target layer of ``model`` block by block; returns per-layer results.
+
+    Block 0's statistics are gathered during the capture pass itself, which runs that block
+    anyway; every later block runs twice (statistics, then pruned outputs for the next one).
+    """
     device = torch.device(device)
     list_name, blocks = adapter.block_list(model)
-    inputs = capture_block_inputs(model, adapter, batches, device)
+    home = _device_of(model)
+    blocks[0].to(device)
+    with _feeding(blocks[0], f"{list_name}.0", adapter, make_compressor) as compressors:
+        inputs = capture_block_inputs(model, adapter, batches, device, home)
     results: list[LayerResult] = []
     for i, block in enumerate(blocks):
         home = _device_of(block)
         block.to(device)
-        compressors = {
-            name: make_compressor(name, layer)
-            for name, layer in adapter.targets(block, f"{list_name}.{i}").items()
-        }
-        feeder = _Feeder()
-        handles = [c.layer.register_forward_hook(feeder.hook(c)) for c in compressors.values()]
-        try:
-            run_block(block, inputs)
-        finally:
-            for h in handles:
-                h.remove()
+        if i > 0:
+            with _feeding(block, f"{list_name}.{i}", adapter, make_compressor) as compressors:
+                run_block(block, inputs)
         block_results = []
         for c in compressors.values():
             block_results.append(c.compress())
