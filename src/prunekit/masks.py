@@ -36,8 +36,9 @@ def keep_all_but_lowest(scores: Tensor, n_prune: int) -> Tensor:
     below = scores < thr
     tied = scores == thr
     room = n_prune - below.sum(-1, keepdim=True)  # ties still to prune, >= 1
-    prune = below | (tied & (torch.cumsum(tied, dim=-1) <= room))
-    return ~prune
+    if bool((tied.sum(-1, keepdim=True) == room).all()):  # usual case: every tie goes
+        return ~(below | tied)
+    return ~(below | (tied & (torch.cumsum(tied, dim=-1) <= room)))
 
 
 def topk_mask(scores: Tensor, sparsity: float, scope: str = "row") -> Tensor:

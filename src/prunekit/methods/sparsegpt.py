@@ -87,7 +87,7 @@ def sparsegpt_prune(
     Wt[dead] = 0.0
     rule = SaliencyPruneRule(pattern, cols, rows, blocksize)
     losses = obs_sweep_(Wt, U, rule, blocksize=blocksize, inner=inner_size(blocksize, rule.period))
-    return Wt.T.contiguous(), losses.sum(), damping
+    return Wt.T, losses.sum(), damping  # (out, in) view: the caller copies it into the layer
 
 
 @dataclass(frozen=True)
