@@ -324,3 +324,10 @@ def test_skip_glob_matching_nothing_is_an_error():
 def test_named_calibration_split_needs_separate_eval_data():
     with pytest.raises(DataError, match="--eval-data"):
         api.evaluation_texts("wikitext:wikitext-2-raw-v1@train")
+
+
+def test_blocksize_that_does_not_fit_nm_fails_before_calibration(monkeypatch):
+    monkeypatch.setattr(api, "calibration", _never)
+    with pytest.raises(PatternError, match="--blocksize 6 is not a multiple of m=4"):
+        api.prune(_loaded(tiny_model("llama")), "sparsegpt", "2:4", samples=4, seqlen=16,
+                  config={"blocksize": 6}, evaluate=False)

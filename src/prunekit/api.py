@@ -367,7 +367,7 @@ def prune(
     t_texts = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     check_seqlen(seqlen, max_positions(loaded.model))
-    preflight(loaded.model, pattern, skip)
+    preflight(loaded.model, pattern, skip, get_method(method), cfg)
     t_load = time.perf_counter()
     batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
                           max_positions(loaded.model), texts=calib_texts)
