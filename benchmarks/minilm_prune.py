@@ -34,12 +34,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--methods", default="sparsegpt,wanda,magnitude")
     ap.add_argument("--pattern", default="0.5")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="precision the model runs in (Hessians stay float32)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    loaded = load_model("minilm")
+    loaded = load_model("minilm", getattr(torch, args.dtype))
     batches = calibration(loaded.tokenizer, "stdlib", args.samples, args.seqlen)
     print(f"MiniLM: {sum(p.numel() for p in loaded.model.parameters()):,} parameters; "
-          f"calibration {args.samples} x {args.seqlen} tokens; torch {torch.get_num_threads()} threads")
+          f"calibration {args.samples} x {args.seqlen} tokens; model in {args.dtype}; "
+          f"torch {torch.get_num_threads()} threads")
     print(f"peak RSS after load + tokenise: {rss_mib():.0f} MiB")
 
     def dense_forward():

@@ -425,3 +425,19 @@ def test_demo_wiring(models, capsys, monkeypatch):
     rows = [line.split()[:2] for line in out.splitlines()]
     assert ["magnitude", "50%"] in rows and ["sparsegpt", "2:4"] in rows
     assert "calibration: 4 x 16 tokens from 'stdlib'" in out and "total" in out
+
+
+def test_bfloat16_model(models, tmp_path, capsys):
+    """--dtype bfloat16 runs the model in bf16; the solves stay float32; the pattern holds."""
+    out = tmp_path / "bf16"
+    rc = main(["prune", str(models["llama"]), "--method", "sparsegpt", "--pattern", "2:4",
+               "--dtype", "bfloat16", *FAST, "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    config = json.loads((out / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
+    model = _load_back(out, "llama")
+    for name, W in _targets(model, "llama").items():
+        assert int((W.reshape(W.shape[0], -1, 4) != 0).sum(-1).max()) <= 2, name
+    report = json.loads((out / prunekit.api.REPORT_FILE).read_text())
+    assert report["config"]["hessian_dtype"] == "float32"

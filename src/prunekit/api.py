@@ -347,6 +347,7 @@ def prune(
     config: Mapping[str, Any] | MethodConfig | None = None,
     evaluate: bool = True,
     eval_data: str | None = None,
+    dtype: str = "float32",
     progress: Progress | None = None,
 ) -> tuple[LoadedModel, PruneReport]:
     """Load ``model``, calibrate on ``calib``, prune it with ``method`` to ``pattern``.
@@ -365,7 +366,7 @@ def prune(
     calib_texts = load_texts(calib, "calib")
     eval_texts = evaluation_texts(calib, eval_data) if evaluate else None
     t_texts = time.perf_counter()
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, model_dtype(dtype))
     check_seqlen(seqlen, max_positions(loaded.model))
     preflight(loaded.model, pattern, skip, get_method(method), cfg)
     t_load = time.perf_counter()
@@ -410,6 +411,18 @@ def compare(
                 measure=measure, device=device, progress=progress(method, pattern))
         for method, pattern in resolved
     ]
+
+
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def model_dtype(name: str) -> torch.dtype:
+    """The torch dtype to load a model in; Hessians and solves stay in float32/float64."""
+    try:
+        return MODEL_DTYPES[name]
+    except KeyError:
+        raise UsageError(f"--dtype {name!r} is not supported: use one of "
+                         f"{', '.join(MODEL_DTYPES)}") from None
 
 
 def check_device(device: str | torch.device) -> None:

@@ -64,6 +64,9 @@ def _add_calibration(p: argparse.ArgumentParser, samples: int, seqlen: int) -> N
     p.add_argument("--batch-size", type=_positive, default=8, help="sequences per forward pass")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument("--device", default="cpu", help="compute device: cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--dtype", choices=tuple(api.MODEL_DTYPES), default="float32",
+                   help="precision the model is loaded and run in during calibration (default "
+                        "float32); Hessians and solves are always float32 or float64")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +171,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         args.model, args.method, pattern, calib=args.calib, samples=args.samples,
         seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed, device=args.device,
         skip=args.skip, config=config, evaluate=not args.no_eval, eval_data=args.eval_data,
+        dtype=args.dtype,
         progress=_progress(f"{args.method} {pattern}"))
     if not args.quiet:
         print(layer_table(report))
@@ -190,7 +194,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     print("prunekit demo: all-MiniLM-L6-v2 (packaged), calibrated on the built-in stdlib corpus")
     reports = api.compare(
-        load_model("minilm"), DEMO_RUNS, calib=args.calib, samples=args.samples,
+        load_model("minilm", api.model_dtype(args.dtype)), DEMO_RUNS, calib=args.calib, samples=args.samples,
         seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed, device=args.device,
         progress=lambda method, pattern: _progress(f"{method} {pattern}"))
     print(f"calibration: {args.samples} x {args.seqlen} tokens from {args.calib!r}; "
