@@ -133,6 +133,8 @@ def test_prune_end_to_end(models, tmp_path, capsys, kind, method, flag):
 
     report = json.loads((out / prunekit.api.REPORT_FILE).read_text())
     assert [layer["name"] for layer in report["layers"]] == list(weights)
+    table = (out / prunekit.api.TABLE_FILE).read_text()
+    assert all(name in table for name in weights) and "TOTAL" in table
     assert all(layer["sparsity"] == pytest.approx(0.5) for layer in report["layers"])
     assert report["method"] == method
     assert report["totals"]["layers"] == N_TARGETS[kind]

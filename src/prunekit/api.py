@@ -27,11 +27,12 @@ from .models.adapter import HFAdapter
 from .models.loaders import LoadedModel, load_model
 from .patterns import NM, Pattern, Unstructured, check_requested, parse_pattern
 from .pipeline import Progress, run_sequential
-from .report import PruneReport, write_json
+from .report import PruneReport, report_text, write_json
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "prune_report.json"
+TABLE_FILE = "prune_report.txt"
 
 
 def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> MethodConfig:
@@ -491,6 +492,7 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: str | os.PathLike
         loaded.model.save_pretrained(tmp)
         loaded.tokenizer.save_pretrained(tmp)
         write_json(report, tmp / REPORT_FILE)
+        (tmp / TABLE_FILE).write_text(report_text(report) + "\n")
         _replace_dir(tmp, path)
     except OSError as exc:
         raise ModelError(

@@ -90,6 +90,14 @@ def evaluation_lines(report: PruneReport) -> list[str]:
             f"protocol: {ev['protocol']}"]
 
 
+def report_text(report: PruneReport) -> str:
+    """The per-layer table, totals and evaluation as plain text (prune_report.txt)."""
+    head = (f"{report.model}: {report.method} {report.pattern}; calibration "
+            f"{report.calibration.get('samples')} x {report.calibration.get('seqlen')} tokens "
+            f"from {report.calibration.get('source')!r}")
+    return "\n".join([head, layer_table(report), *evaluation_lines(report)])
+
+
 def summary_table(reports: list[PruneReport]) -> str:
     """One row per run: method, pattern, sparsity, fidelity or perplexity, error, time."""
     rows = [("method", "pattern", "sparsity", "cosine", "NN agree", "ppl", "mean rel.err", "prune s")]
