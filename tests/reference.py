@@ -49,10 +49,10 @@ def naive_sparsegpt(W: Tensor, H: Tensor, pattern: Pattern, blocksize: int, rel_
             else:
                 s = pattern.sparsity
                 cnt = math.floor(r * j2 * s + 1e-9) - math.floor(r * j * s + 1e-9)
-                order = torch.argsort(sal.reshape(-1), stable=True)[:cnt]
+                order = torch.argsort(sal.T.reshape(-1), stable=True)[:cnt]  # column-major
                 pm = torch.zeros(sal.numel(), dtype=torch.bool)
                 pm[order] = True
-                prune[:, j:j2] = pm.reshape(r, j2 - j)
+                prune[:, j:j2] = pm.reshape(j2 - j, r).T
         w = W[:, j].clone()
         q = torch.where(prune[:, j], torch.zeros_like(w), w)
         W[:, j:] -= ((w - q) / Hi[0, 0])[:, None] * Hi[0, :][None, :]

@@ -33,6 +33,16 @@ def test_ties_are_broken_by_position_and_counts_are_exact():
     assert keep.tolist() == [[True, False, False, True, True]]
 
 
+def test_column_groups_match_rowwise_selection_with_ties():
+    from prunekit.masks import keep_all_but_lowest_in_columns
+
+    g = torch.Generator().manual_seed(3)
+    for m, n_prune in ((4, 2), (4, 3), (8, 4), (3, 1)):
+        s = torch.randint(0, 3, (m, 50), generator=g).float()  # many ties
+        assert torch.equal(keep_all_but_lowest_in_columns(s, n_prune),
+                           keep_all_but_lowest(s.T, n_prune).T)
+
+
 def test_prune_count_floor():
     assert prune_count(10, 0.3) == 3 and prune_count(7, 0.5) == 3 and prune_count(8, 0.0) == 0
 

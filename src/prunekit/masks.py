@@ -41,6 +41,16 @@ def keep_all_but_lowest(scores: Tensor, n_prune: int) -> Tensor:
     return ~(below | (tied & (torch.cumsum(tied, dim=-1) <= room)))
 
 
+def keep_all_but_lowest_in_columns(scores: Tensor, n_prune: int) -> Tensor:
+    """Like :func:`keep_all_but_lowest` along dim 0 of a short (k, n) tensor (an N:M group laid
+    out as k contiguous rows): ranks by all pairwise comparisons, ties by position."""
+    k = scores.shape[0]
+    earlier = torch.ones(k, k, dtype=torch.bool, device=scores.device).tril(-1)[:, :, None]
+    s_i, s_j = scores[:, None], scores[None, :]  # (k, 1, n), (1, k, n)
+    rank = ((s_j < s_i) | ((s_j == s_i) & earlier)).sum(1)  # (k, n): place in the order
+    return rank >= n_prune
+
+
 def topk_mask(scores: Tensor, sparsity: float, scope: str = "row") -> Tensor:
     """Unstructured keep-mask: prune the lowest ``sparsity`` fraction per row or per layer.
 

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..errors import PatternError, UsageError
 from ..hessian import Damping, inverse_cholesky_upper
-from ..masks import keep_all_but_lowest, prune_count
+from ..masks import keep_all_but_lowest, keep_all_but_lowest_in_columns, prune_count
 from ..obs import inner_size, obs_sweep_
 from ..patterns import NM, Pattern, Unstructured
 from .base import LayerCompressor, MethodConfig, register
@@ -46,17 +46,19 @@ class SaliencyPruneRule:
         return prune_count(per * (j + p), s) - prune_count(per * j, s)
 
     def begin(self, j: int, cols: Tensor, d: Tensor) -> None:
-        scores = (cols / d[:, None]).square().T  # (rows, p)
+        scores = (cols / d[:, None]).square_()  # (p, rows): saliency (w / U_jj)²
         p = cols.shape[0]
-        if isinstance(self.pattern, NM):
-            keep = keep_all_but_lowest(scores, self.pattern.m - self.pattern.n)
+        if isinstance(self.pattern, NM):  # the m−n lowest of each row's group of m columns
+            keep = keep_all_but_lowest_in_columns(scores, self.pattern.m - self.pattern.n)
+            self.drop = (~keep).to(cols.dtype)
         elif self.pattern.scope == "row":
-            keep = keep_all_but_lowest(scores, self._count(j, p))
-        else:
-            keep = keep_all_but_lowest(scores.reshape(1, -1), self._count(j, p)).reshape(scores.shape)
+            keep = keep_all_but_lowest(scores.T, self._count(j, p)).T
+            self.drop = (~keep).to(cols.dtype)
+        else:  # across all rows of the block, in column-major order for ties
+            keep = keep_all_but_lowest(scores.reshape(1, -1), self._count(j, p))
+            self.drop = (~keep).reshape(scores.shape).to(cols.dtype)
         self.j0 = j
-        self.keep = keep.T.to(cols.dtype).contiguous()  # (p, rows), 1.0 = kept
-        self.drop = 1.0 - self.keep
+        self.keep = 1.0 - self.drop  # (p, rows), 1.0 = kept
 
     def fix_(self, j: int, w: Tensor, err: Tensor) -> None:
         torch.mul(w, self.drop[j - self.j0], out=err)  # w − q, with q = w · keep
