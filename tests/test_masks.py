@@ -43,6 +43,25 @@ def test_column_groups_match_rowwise_selection_with_ties():
                            keep_all_but_lowest(s.T, n_prune).T)
 
 
+def test_kth_smallest_is_exact():
+    from prunekit.masks import kth_smallest
+
+    g = torch.Generator().manual_seed(4)
+    cases = [torch.rand(100_000, generator=g), torch.randn(70_001, generator=g).exp(),
+             torch.arange(90_000, 0, -1).float(),  # sorted: strided sample sees a pattern
+             torch.randint(0, 5, (80_000,), generator=g).float()]  # massive ties
+    for x in cases:
+        for k in (1, 17, x.numel() // 2, x.numel() - 3, x.numel()):
+            assert kth_smallest(x, k) == torch.kthvalue(x, k).values
+
+
+def test_long_row_selection_matches_small_path():
+    x = torch.rand(1, 1 << 17, generator=torch.Generator().manual_seed(5))
+    keep = keep_all_but_lowest(x, 50_000)
+    assert int((~keep).sum()) == 50_000
+    assert x[~keep].max() <= x[keep].min()
+
+
 def test_prune_count_floor():
     assert prune_count(10, 0.3) == 3 and prune_count(7, 0.5) == 3 and prune_count(8, 0.0) == 0
 

@@ -21,6 +21,25 @@ def prune_count(numel: int, sparsity: float) -> int:
     return int(math.floor(numel * sparsity + 1e-9))
 
 
+def kth_smallest(x: Tensor, k: int, sample: int = 4096) -> Tensor:
+    """The k-th smallest value (1-based) of a long 1-D ``x``, exactly.
+
+    A strided sample brackets the value; only the elements inside the bracket are searched.
+    If the bracket misses (it cannot for well-mixed data, but nothing is assumed), the full
+    selection runs instead.
+    """
+    n = x.numel()
+    picks = torch.sort(x[:: max(1, n // sample)]).values  # (≈sample,)
+    at, spread = k / n * picks.numel(), 4 * math.sqrt(picks.numel())
+    lo = picks[max(int(at - spread), 0)]
+    hi = picks[min(int(at + spread), picks.numel() - 1)]
+    below = int((x < lo).sum())
+    inside = x[(x >= lo) & (x <= hi)]
+    if below < k <= below + inside.numel():
+        return torch.kthvalue(inside, k - below).values
+    return torch.kthvalue(x, k).values
+
+
 def keep_all_but_lowest(scores: Tensor, n_prune: int) -> Tensor:
     """Keep mask over the last dim of ``scores`` (..., k) that drops the ``n_prune`` lowest.
 
@@ -32,7 +51,10 @@ def keep_all_but_lowest(scores: Tensor, n_prune: int) -> Tensor:
         return torch.ones_like(scores, dtype=torch.bool)
     if n_prune >= k:
         return torch.zeros_like(scores, dtype=torch.bool)
-    thr = torch.kthvalue(scores, n_prune, dim=-1, keepdim=True).values  # (..., 1)
+    if scores.numel() == k and k >= 1 << 16:  # one long row (a layer): bracket, then select
+        thr = kth_smallest(scores.reshape(-1), n_prune).reshape([1] * scores.dim())
+    else:
+        thr = torch.kthvalue(scores, n_prune, dim=-1, keepdim=True).values  # (..., 1)
     below = scores < thr
     tied = scores == thr
     room = n_prune - below.sum(-1, keepdim=True)  # ties still to prune, >= 1
