@@ -98,3 +98,43 @@ def obs_sweep_(
         if i2 < cols:  # block -> all later columns
             Wt[i2:].addmm_(U[i1:i2, i2:].T, Err[:B], alpha=-1.0)
     return losses
+
+
+def obs_remove_(w: Tensor, Hinv: Tensor, q: int) -> float:
+    """Remove weight q by Optimal Brain Surgeon and compensate the rest, in place.
+
+    Hassibi & Stork (1993), Eq. 5: δw = −(w_q / [H⁻¹]_qq) · H⁻¹ e_q, with the loss increase
+    δL = w_q² / (2 [H⁻¹]_qq). H⁻¹ is then downdated to the inverse Hessian of the remaining
+    weights in O(n²) (the Schur complement, Frantar et al. 2022, "Optimal Brain Compression",
+    Eq. 4): H⁻¹ ← H⁻¹ − H⁻¹ e_q e_qᵀ H⁻¹ / [H⁻¹]_qq, which zeroes its row and column q.
+    w: (n,), Hinv: (n, n) symmetric. Returns δL.
+    """
+    d = float(Hinv[q, q])
+    wq = float(w[q])
+    col = Hinv[:, q].clone()  # (n,)
+    w.sub_(col, alpha=wq / d)
+    w[q] = 0.0
+    Hinv.sub_(torch.outer(col, col), alpha=1.0 / d)
+    Hinv[q, :] = 0.0  # zero in exact arithmetic: keep removed weights exactly at zero later
+    Hinv[:, q] = 0.0
+    return wq * wq / (2.0 * d)
+
+
+def obs_remove_set_(w: Tensor, Hinv: Tensor, Q: Tensor) -> float:
+    """Remove the weights Q jointly by the multi-weight OBS solution, in place.
+
+    With E the columns of the identity at Q (Kurtic et al. 2022, "The Optimal BERT Surgeon",
+    Eq. 2; Frantar et al. 2022, Eq. 7): δw = −H⁻¹E (EᵀH⁻¹E)⁻¹ Eᵀw and
+    δL = ½ wᵀE (EᵀH⁻¹E)⁻¹ Eᵀw; then H⁻¹ ← H⁻¹ − H⁻¹E (EᵀH⁻¹E)⁻¹ EᵀH⁻¹.
+    w: (n,), Hinv: (n, n), Q: (k,) indices. Returns δL.
+    """
+    cols = Hinv[:, Q].clone()  # H⁻¹E: (n, k)
+    block = cols[Q]  # EᵀH⁻¹E: (k, k)
+    coef = torch.linalg.solve(block, w[Q])  # (EᵀH⁻¹E)⁻¹ Eᵀw: (k,)
+    loss = 0.5 * float(w[Q] @ coef)
+    w.sub_(cols @ coef)
+    w[Q] = 0.0
+    Hinv.sub_(cols @ torch.linalg.solve(block, cols.T))
+    Hinv[Q, :] = 0.0  # zero in exact arithmetic
+    Hinv[:, Q] = 0.0
+    return loss

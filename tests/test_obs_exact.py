@@ -1,0 +1,128 @@
+"""Optimal Brain Damage / Surgeon on a flat weight vector, checked against the theory (float64)."""
+
+import itertools
+
+import pytest
+import torch
+
+from prunekit.methods.obd import obd_prune, obd_saliency
+from prunekit.methods.obs import obs_prune
+from prunekit.obs import obs_remove_, obs_remove_set_
+
+
+def spd(n, seed=0, cond=50.0):
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    eig = torch.logspace(0, torch.log10(torch.tensor(cond)).item(), n, dtype=torch.float64)
+    return Q @ torch.diag(eig) @ Q.T
+
+
+def quad_loss(w, w_star, H):
+    d = w - w_star
+    return 0.5 * float(d @ H @ d)
+
+
+def refit(w_star, H, removed):
+    """Exact optimum of the quadratic with the weights ``removed`` forced to zero."""
+    n = w_star.numel()
+    keep = torch.tensor([i not in removed for i in range(n)])
+    w = torch.zeros_like(w_star)
+    Q = torch.tensor(sorted(removed), dtype=torch.long)
+    if keep.any():
+        # minimise over w_F: H_FF (w_F − w*_F) + H_FQ (0 − w*_Q) = 0
+        rhs = H[keep][:, keep] @ w_star[keep] + H[keep][:, Q] @ w_star[Q]
+        w[keep] = torch.linalg.solve(H[keep][:, keep], rhs)
+    return w
+
+
+def test_obs_predicted_loss_is_exact_and_rest_is_optimal():
+    n = 12
+    H, w_star = spd(n), torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    res = obs_prune(w_star, H, n_prune=7)
+    removed = set()
+    w = w_star.clone()
+    Hinv = torch.linalg.inv(H)
+    for step, q in enumerate(res.order.tolist()):
+        before = quad_loss(w, w_star, H)
+        dl = obs_remove_(w, Hinv, q)
+        removed.add(q)
+        assert quad_loss(w, w_star, H) - before == pytest.approx(dl, abs=1e-8)
+        assert dl == pytest.approx(float(res.losses[step]), abs=1e-10)
+        grad = H @ (w - w_star)
+        free = [i for i in range(n) if i not in removed]
+        assert grad[free].abs().max() < 1e-8  # the remaining weights are optimal
+        assert torch.allclose(w, refit(w_star, H, removed), atol=1e-9)
+    assert torch.allclose(w, res.w, atol=1e-10)
+    assert (res.w[res.order] == 0).all()
+
+
+def test_downdated_inverse_equals_fresh_inverse_of_remaining():
+    n = 10
+    H = spd(n, seed=2)
+    w = torch.randn(n, dtype=torch.float64)
+    Hinv = torch.linalg.inv(H)
+    obs_remove_(w, Hinv, 3)
+    obs_remove_(w, Hinv, 7)
+    keep = [i for i in range(n) if i not in (3, 7)]
+    fresh = torch.linalg.inv(H[keep][:, keep])
+    assert torch.allclose(Hinv[keep][:, keep], fresh, atol=1e-10)
+    assert Hinv[3].abs().max() < 1e-12 and Hinv[:, 7].abs().max() < 1e-12
+
+
+def test_obd_equals_obs_when_hessian_is_diagonal():
+    g = torch.Generator().manual_seed(3)
+    d = torch.rand(20, generator=g, dtype=torch.float64) + 0.1
+    w = torch.randn(20, generator=g, dtype=torch.float64)
+    H = torch.diag(d)
+    res = obs_prune(w, H, n_prune=12)
+    w_obd, order_obd = obd_prune(w, d, 12)
+    assert res.order.tolist() == order_obd.tolist()
+    assert torch.allclose(res.w, w_obd, atol=1e-12)  # diagonal H: no compensation
+    assert torch.allclose(res.losses, obd_saliency(w, d)[order_obd], atol=1e-12)
+
+
+def test_obs_order_matches_brute_force_greedy():
+    n = 6
+    H, w_star = spd(n, seed=4, cond=20.0), torch.randn(n, dtype=torch.float64,
+                                                      generator=torch.Generator().manual_seed(5))
+    res = obs_prune(w_star, H, n_prune=n - 1)
+    removed: set[int] = set()
+    for q_obs in res.order.tolist():
+        costs = {q: quad_loss(refit(w_star, H, removed | {q}), w_star, H)
+                 for q in range(n) if q not in removed}
+        assert q_obs == min(costs, key=costs.get)
+        removed.add(q_obs)
+
+
+def test_obs_first_pair_is_optimal_pair_when_k_is_two():
+    """For two weights the joint multi-weight solution is the exact constrained optimum."""
+    n = 7
+    H, w_star = spd(n, seed=6), torch.randn(n, dtype=torch.float64,
+                                           generator=torch.Generator().manual_seed(7))
+    for Q in itertools.combinations(range(n), 2):
+        w, Hinv = w_star.clone(), torch.linalg.inv(H)
+        dl = obs_remove_set_(w, Hinv, torch.tensor(Q))
+        exact = refit(w_star, H, set(Q))
+        assert torch.allclose(w, exact, atol=1e-9)
+        assert dl == pytest.approx(quad_loss(exact, w_star, H), abs=1e-9)
+
+
+def test_batched_k1_equals_single_and_k_gt_1_is_joint():
+    n = 16
+    H, w = spd(n, seed=8), torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    single = obs_prune(w, H, n_prune=10, k=1)
+    batched1 = obs_prune(w, H, n_prune=10, k=1)
+    assert torch.equal(single.order, batched1.order) and torch.allclose(single.w, batched1.w)
+    batched = obs_prune(w, H, n_prune=10, k=5)
+    first = set(batched.order[:5].tolist())
+    expected = refit(w, H, first)  # after the first joint step: the exact joint optimum
+    w2, Hinv = w.clone(), torch.linalg.inv(H)
+    obs_remove_set_(w2, Hinv, batched.order[:5])
+    assert torch.allclose(w2, expected, atol=1e-9)
+    assert float(batched.losses.sum()) == pytest.approx(quad_loss(batched.w, w, H), abs=1e-8)
+
+
+def test_damping_is_reported_and_escalates():
+    H = torch.diag(torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64))
+    res = obs_prune(torch.ones(3, dtype=torch.float64), H, n_prune=1, rel_damp=0.01)
+    assert res.damping.tries > 1 and res.damping.relative > 0.01
