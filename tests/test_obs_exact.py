@@ -126,3 +126,61 @@ def test_damping_is_reported_and_escalates():
     H = torch.diag(torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64))
     res = obs_prune(torch.ones(3, dtype=torch.float64), H, n_prune=1, rel_damp=0.01)
     assert res.damping.tries > 1 and res.damping.relative > 0.01
+
+
+# --- layer-wise exact OBS ---------------------------------------------------------------------
+
+from prunekit.masks import satisfies  # noqa: E402
+from prunekit.methods.base import relative_error  # noqa: E402
+from prunekit.methods.obs import exact_obs_prune  # noqa: E402
+from prunekit.methods.sparsegpt import sparsegpt_prune  # noqa: E402
+from prunekit.patterns import NM, Unstructured  # noqa: E402
+from test_sparsegpt import correlated_inputs  # noqa: E402
+
+
+def naive_row_obs(w, Hd, n_prune, allowed):
+    """Greedy exact removal for one row, by brute force over candidates with a fresh re-fit."""
+    removed: set[int] = set()
+    for _ in range(n_prune):
+        best = None
+        for q in range(w.numel()):
+            if q in removed or not allowed(removed, q):
+                continue
+            cost = quad_loss(refit(w, Hd, removed | {q}), w, Hd)
+            if best is None or cost < best[0] - 1e-15:
+                best = (cost, q)
+        removed.add(best[1])
+    return refit(w, Hd, removed)
+
+
+@pytest.mark.parametrize("pattern", [Unstructured(0.5), NM(2, 4)])
+def test_exact_obs_equals_brute_force_greedy(pattern):
+    _, H = correlated_inputs(c=12, seed=1)
+    W = torch.randn(3, 12, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ours, loss, damp = exact_obs_prune(W, H, pattern, rel_damp=0.01, row_batch=2)
+    Hd = H + damp.absolute * torch.eye(12, dtype=torch.float64)
+
+    def allowed(removed, q):
+        if not isinstance(pattern, NM):
+            return True
+        g = q // pattern.m
+        return sum(1 for r in removed if r // pattern.m == g) < pattern.m - pattern.n
+
+    for r in range(3):
+        expected = naive_row_obs(W[r], Hd, 6, allowed)
+        assert torch.allclose(ours[r], expected, atol=1e-9), r
+    D = ours - W
+    assert float(loss) == pytest.approx(0.5 * float(((D @ Hd) * D).sum()), rel=1e-9)
+
+
+@pytest.mark.parametrize("pattern", [Unstructured(0.5), Unstructured(0.7), NM(2, 4), NM(1, 4)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_obs_never_worse_than_sparsegpt(pattern, seed):
+    _, H = correlated_inputs(c=64, seed=seed)
+    W = torch.randn(16, 64, generator=torch.Generator().manual_seed(10 + seed), dtype=torch.float64)
+    exact, _, _ = exact_obs_prune(W, H, pattern)
+    approx, _, _ = sparsegpt_prune(W, H, pattern, blocksize=16)  # row scope: same count per row
+    assert satisfies(exact, pattern)
+    if isinstance(pattern, Unstructured):
+        assert ((exact == 0).sum(1) == (approx == 0).sum(1)).all()
+    assert relative_error(W, exact, H) <= relative_error(W, approx, H) + 1e-12

@@ -25,7 +25,8 @@ def forward(model, batch):
 
 
 @pytest.mark.parametrize("method,pattern", [("sparsegpt", NM(2, 4)), ("wanda", Unstructured(0.5)),
-                                            ("magnitude", Unstructured(0.6, "layer"))])
+                                            ("magnitude", Unstructured(0.6, "layer")),
+                                            ("obs", Unstructured(0.5)), ("obs", NM(2, 4))])
 def test_pipeline_prunes_every_family(family, method, pattern):
     model = tiny_model(family)
     adapter = HFAdapter()

@@ -100,24 +100,31 @@ def obs_sweep_(
     return losses
 
 
-def obs_remove_(w: Tensor, Hinv: Tensor, q: int) -> float:
-    """Remove weight q by Optimal Brain Surgeon and compensate the rest, in place.
+def obs_remove_rows_(W: Tensor, Hinv: Tensor, q: Tensor) -> Tensor:
+    """Remove one weight per row by Optimal Brain Surgeon and compensate the rest, in place.
 
     Hassibi & Stork (1993), Eq. 5: δw = −(w_q / [H⁻¹]_qq) · H⁻¹ e_q, with the loss increase
-    δL = w_q² / (2 [H⁻¹]_qq). H⁻¹ is then downdated to the inverse Hessian of the remaining
-    weights in O(n²) (the Schur complement, Frantar et al. 2022, "Optimal Brain Compression",
-    Eq. 4): H⁻¹ ← H⁻¹ − H⁻¹ e_q e_qᵀ H⁻¹ / [H⁻¹]_qq, which zeroes its row and column q.
-    w: (n,), Hinv: (n, n) symmetric. Returns δL.
+    δL = w_q² / (2 [H⁻¹]_qq). Each row's H⁻¹ is then downdated to the inverse Hessian of its
+    remaining weights in O(n²) (the Schur complement; Frantar et al. 2022, "Optimal Brain
+    Compression", Eq. 4): H⁻¹ ← H⁻¹ − H⁻¹ e_q e_qᵀ H⁻¹ / [H⁻¹]_qq, which zeroes row and
+    column q (set exactly, so removed weights stay exactly zero).
+    W: (B, n); Hinv: (B, n, n), one per row; q: (B,) indices. Returns δL: (B,).
     """
-    d = float(Hinv[q, q])
-    wq = float(w[q])
-    col = Hinv[:, q].clone()  # (n,)
-    w.sub_(col, alpha=wq / d)
-    w[q] = 0.0
-    Hinv.sub_(torch.outer(col, col), alpha=1.0 / d)
-    Hinv[q, :] = 0.0  # zero in exact arithmetic: keep removed weights exactly at zero later
-    Hinv[:, q] = 0.0
-    return wq * wq / (2.0 * d)
+    rows = torch.arange(W.shape[0], device=W.device)
+    d = Hinv[rows, q, q]  # (B,)
+    wq = W[rows, q]  # (B,)
+    col = Hinv[rows, :, q].clone()  # (B, n)
+    W.sub_(col * (wq / d)[:, None])
+    W[rows, q] = 0.0
+    Hinv.sub_(col[:, :, None] * (col / d[:, None])[:, None, :])
+    Hinv[rows, q, :] = 0.0
+    Hinv[rows, :, q] = 0.0
+    return wq.square() / (2.0 * d)
+
+
+def obs_remove_(w: Tensor, Hinv: Tensor, q: int) -> float:
+    """:func:`obs_remove_rows_` for one weight vector w: (n,) with its Hinv: (n, n)."""
+    return float(obs_remove_rows_(w[None], Hinv[None], torch.tensor([q], device=w.device))[0])
 
 
 def obs_remove_set_(w: Tensor, Hinv: Tensor, Q: Tensor) -> float:

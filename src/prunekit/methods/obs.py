@@ -1,4 +1,5 @@
-"""Optimal Brain Surgeon on a flat weight vector with its full Hessian (Hassibi & Stork 1993).
+"""Optimal Brain Surgeon, exact: on a flat weight vector with its full Hessian (Hassibi & Stork
+1993), and layer-wise, row by row, with the layer Hessian (Optimal Brain Compression).
 
 Iterative: at each step remove the weight of least saliency δL_q = w_q² / (2 [H⁻¹]_qq) (or the
 k least, removed jointly with the multi-weight OBS solution) and update the others; H⁻¹ is
@@ -13,8 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import PatternError, UsageError
 from ..hessian import Damping, damped_cholesky
-from ..obs import obs_remove_, obs_remove_set_
+from ..masks import prune_count
+from ..obs import obs_remove_, obs_remove_rows_, obs_remove_set_
+from ..patterns import NM, Pattern, Unstructured
+from .base import LayerCompressor, MethodConfig, register
 
 
 @dataclass
@@ -63,3 +68,84 @@ def obs_prune(
         order.extend(chosen)
     return OBSResult(w, torch.tensor(order, dtype=torch.long),
                      torch.tensor(losses, dtype=w.dtype), damping)
+
+
+# --- layer-wise exact OBS (Optimal Brain Compression) ---------------------------------------
+
+
+def _removable(removed: Tensor, pattern: Pattern) -> Tensor:
+    """Which weights may still go: not removed, and (N:M) in a group with fewer than m−n gone."""
+    if not isinstance(pattern, NM):
+        return ~removed
+    B, n = removed.shape
+    gone = removed.reshape(B, n // pattern.m, pattern.m).sum(-1, keepdim=True)  # (B, g, 1)
+    full = (gone >= pattern.m - pattern.n).expand(-1, -1, pattern.m).reshape(B, n)
+    return ~removed & ~full
+
+
+def exact_obs_prune(
+    W: Tensor, H: Tensor, pattern: Pattern, rel_damp: float = 0.01, row_batch: int = 32,
+    name: str = "layer",
+) -> tuple[Tensor, Tensor, Damping]:
+    """Layer-wise exact OBS (Frantar, Singh & Alistarh 2022, "Optimal Brain Compression",
+    Alg. 1): each row of W (out, in) is pruned greedily, one weight at a time, each removal
+    the exact OBS step for the layer loss with Hessian H = 2/N XᵀX, with that row's inverse
+    Hessian downdated after every removal. Rows are independent and run in batches.
+
+    Unstructured (row scope): every row loses floor(in · sparsity) weights. N:M: a row's
+    choice is restricted to groups that still have more than n weights.
+    Returns (Ŵ, total predicted loss Σ δL, damping).
+    """
+    rows, cols = W.shape
+    count = pattern.m - pattern.n if isinstance(pattern, NM) else 0
+    n_prune = cols // pattern.m * count if isinstance(pattern, NM) else prune_count(cols, pattern.sparsity)
+    L, damping = damped_cholesky(H, rel_damp, name=name)
+    Hinv0 = torch.cholesky_inverse(L)  # (in, in)
+    out = W.to(H.dtype, copy=True)
+    total = torch.zeros((), dtype=H.dtype, device=H.device)
+    for r0 in range(0, rows, row_batch):
+        Wb = out[r0 : r0 + row_batch]  # view: pruned in place
+        Hinv = Hinv0.expand(Wb.shape[0], cols, cols).clone()  # (B, in, in)
+        removed = torch.zeros_like(Wb, dtype=torch.bool)
+        for _ in range(n_prune):
+            sal = Wb.square() / (2.0 * torch.diagonal(Hinv, dim1=1, dim2=2))
+            q = sal.masked_fill(~_removable(removed, pattern), float("inf")).argmin(1)  # (B,)
+            total += obs_remove_rows_(Wb, Hinv, q).sum()
+            removed[torch.arange(Wb.shape[0]), q] = True
+    return out, total, damping
+
+
+@dataclass(frozen=True)
+class ExactOBSConfig(MethodConfig):
+    """rel_damp: λ = rel_damp · mean(diag H). row_batch: rows pruned together (memory:
+    row_batch · in² numbers)."""
+
+    rel_damp: float = 0.01
+    row_batch: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.rel_damp >= 0:
+            raise UsageError(f"--damp {self.rel_damp!r} must be >= 0, e.g. 0.01")
+        if self.row_batch < 1:
+            raise UsageError(f"row_batch {self.row_batch!r} must be >= 1")
+
+
+@register
+class ExactOBS(LayerCompressor):
+    name = "obs"
+    config_cls = ExactOBSConfig
+    description = "layer-wise exact OBS (OBC): per row, one weight at a time; slow, the reference"
+
+    @classmethod
+    def check(cls, pattern: Pattern, config: MethodConfig) -> None:
+        if isinstance(pattern, Unstructured) and pattern.scope != "row":
+            raise PatternError(
+                f"method 'obs' prunes each row on its own: use --scope row (not {pattern.scope})"
+            )
+
+    def solve(self, W: Tensor, H: Tensor):
+        cfg = self.config
+        W_new, loss, damping = exact_obs_prune(W, H, self.pattern, cfg.rel_damp, cfg.row_batch,
+                                               name=self.layer_name)
+        return W_new, damping, {"obs_loss": float(loss)}
