@@ -88,10 +88,8 @@ def empirical_fisher(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets:
 def gauss_newton(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Tensor,
                  names: Sequence[str] | None = None, max_params: int = MAX_DENSE_PARAMS) -> Tensor:
     """G = 1/N Σ J_iᵀ H_i J_i (n, n): J_i = ∂f(x_i)/∂w, H_i = ∂²ℓ/∂f² of the per-sample loss."""
-    names = list(names or prunable_names(model))
-    _, w0 = _flat_loss(model, loss_fn, names)
+    out_of, w0 = _flat_loss(model, lambda out, _t: out, list(names or prunable_names(model)))
     check_dense_size(w0.numel(), max_params, w0.dtype)
-    out_of = _flat_loss(model, lambda out, _t: out, names)[0]
 
     def one(x: Tensor, t: Tensor) -> Tensor:
         J = jacrev(out_of)(w0, x[None], t[None]).reshape(-1, w0.numel())  # (K, n)

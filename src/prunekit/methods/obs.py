@@ -97,8 +97,7 @@ def exact_obs_prune(
     Returns (Ŵ, total predicted loss Σ δL, damping).
     """
     rows, cols = W.shape
-    count = pattern.m - pattern.n if isinstance(pattern, NM) else 0
-    n_prune = cols // pattern.m * count if isinstance(pattern, NM) else prune_count(cols, pattern.sparsity)
+    n_prune = prune_count(cols, pattern.sparsity)  # per row; exact for N:M as cols % m == 0
     L, damping = damped_cholesky(H, rel_damp, name=name)
     Hinv0 = torch.cholesky_inverse(L)  # (in, in)
     out = W.to(H.dtype, copy=True)

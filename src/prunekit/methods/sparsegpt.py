@@ -35,7 +35,7 @@ class SaliencyPruneRule:
         if isinstance(pattern, Unstructured) and pattern.scope == "global":
             raise PatternError("SparseGPT has no global scope: use row or layer")
         self.pattern = pattern
-        self.cols, self.rows = cols, rows
+        self.rows = rows
         self.period = pattern.m if isinstance(pattern, NM) else blocksize
         self.j0 = 0
         self.keep = self.drop = torch.empty(0)
