@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from prunekit.methods.obd import obd_prune, obd_saliency
-from prunekit.methods.obs import obs_prune
-from prunekit.obs import obs_remove_, obs_remove_set_
+from prunekit.methods.obs import obs_prune, obs_prune_sets_, obs_saliency
+from prunekit.obs import obs_greedy_, obs_remove_, obs_remove_set_
 
 
 def spd(n, seed=0, cond=50.0):
@@ -110,9 +110,12 @@ def test_obs_first_pair_is_optimal_pair_when_k_is_two():
 def test_batched_k1_equals_single_and_k_gt_1_is_joint():
     n = 16
     H, w = spd(n, seed=8), torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
-    single = obs_prune(w, H, n_prune=10, k=1)
-    batched1 = obs_prune(w, H, n_prune=10, k=1)
-    assert torch.equal(single.order, batched1.order) and torch.allclose(single.w, batched1.w)
+    single = obs_prune(w, H, n_prune=10, k=1)  # iterative path (obs_greedy_)
+    w1, Hinv = w.clone(), torch.linalg.inv(H)
+    order1, losses1 = obs_prune_sets_(w1, Hinv, 10, k=1)  # batched path with sets of one
+    assert torch.equal(single.order, order1)
+    assert torch.allclose(single.w, w1, atol=1e-10)
+    assert torch.allclose(single.losses, losses1, atol=1e-12)
     batched = obs_prune(w, H, n_prune=10, k=5)
     first = set(batched.order[:5].tolist())
     expected = refit(w, H, first)  # after the first joint step: the exact joint optimum
@@ -120,6 +123,43 @@ def test_batched_k1_equals_single_and_k_gt_1_is_joint():
     obs_remove_set_(w2, Hinv, batched.order[:5])
     assert torch.allclose(w2, expected, atol=1e-9)
     assert float(batched.losses.sum()) == pytest.approx(quad_loss(batched.w, w, H), abs=1e-8)
+
+
+@pytest.mark.parametrize("refresh", [1, 3, 7, 256])
+def test_deferred_downdates_equal_one_rank1_update_per_removal(refresh):
+    """obs_greedy_ folds its downdates in every ``refresh`` removals and drops removed rows;
+    the result must equal applying the O(n²) downdate after every removal."""
+    n, n_prune = 40, 37
+    H = spd(n, seed=11, cond=200.0)
+    w0 = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    w, Hinv = w0.clone(), torch.linalg.inv(H)
+    snaps = {5: None, 20: None, n_prune: None}
+    order, losses = obs_greedy_(w, Hinv, n_prune, refresh=refresh, snapshots=snaps)
+    assert torch.equal(Hinv, torch.linalg.inv(H))  # read only
+    assert torch.equal(snaps[n_prune], w)
+    ref_w, ref_Hinv = w0.clone(), torch.linalg.inv(H)
+    removed = torch.zeros(n, dtype=torch.bool)
+    for t in range(n_prune):
+        q = int(obs_saliency(ref_w, ref_Hinv, removed).argmin())
+        assert q == int(order[t])
+        assert obs_remove_(ref_w, ref_Hinv, q) == pytest.approx(float(losses[t]), rel=1e-9)
+        removed[q] = True
+        if t + 1 in (5, 20):
+            assert torch.allclose(snaps[t + 1], ref_w, atol=1e-9)
+    assert torch.allclose(w, ref_w, atol=1e-9)
+    assert (w[order] == 0).all() and (w[~removed] != 0).all()
+    assert float(losses.sum()) == pytest.approx(quad_loss(w, w0, H), rel=1e-9)
+
+
+def test_greedy_edge_counts():
+    H, w0 = spd(5, seed=2), torch.randn(5, dtype=torch.float64)
+    w = w0.clone()
+    order, losses = obs_greedy_(w, torch.linalg.inv(H), 0)
+    assert order.numel() == 0 and torch.equal(w, w0)
+    order, _ = obs_greedy_(w, torch.linalg.inv(H), 5, refresh=2)
+    assert sorted(order.tolist()) == list(range(5)) and (w == 0).all()
+    with pytest.raises(ValueError, match="n_prune 6"):
+        obs_greedy_(w, torch.linalg.inv(H), 6)
 
 
 def test_damping_is_reported_and_escalates():

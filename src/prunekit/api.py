@@ -414,6 +414,7 @@ def compare(
     ]
 
 
+SMALL_MODELS = ("digits-mlp",)
 MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -474,7 +475,19 @@ def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
 
 def save_pruned(loaded: LoadedModel, report: PruneReport, out: str | os.PathLike,
                 overwrite: bool = False) -> Path:
-    """Write model, tokenizer and ``prune_report.json`` to ``out`` atomically.
+    """Write model, tokenizer and ``prune_report.json`` to ``out`` atomically (see
+    :func:`write_output`)."""
+
+    def write(tmp: Path) -> None:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+
+    return write_output(report, out, overwrite, write)
+
+
+def write_output(report: PruneReport, out: str | os.PathLike, overwrite: bool,
+                 write_model: Callable[[Path], None]) -> Path:
+    """Write a model (by ``write_model(folder)``) and its report files to ``out`` atomically.
 
     Everything goes to a temporary sibling directory that is renamed at the end, so a failure
     never leaves a half-written model, and an existing ``out`` (with ``overwrite``) is replaced
@@ -489,8 +502,7 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: str | os.PathLike
     except OSError as exc:
         raise ModelError(f"cannot write {str(path)!r}: {exc}: pass another --out") from None
     try:
-        loaded.model.save_pretrained(tmp)
-        loaded.tokenizer.save_pretrained(tmp)
+        write_model(tmp)
         write_json(report, tmp / REPORT_FILE)
         (tmp / TABLE_FILE).write_text(report_text(report) + "\n")
         _replace_dir(tmp, path)
@@ -524,3 +536,129 @@ def _replace_dir(new: Path, path: Path) -> None:
 def copy_model(loaded: LoadedModel) -> LoadedModel:
     """A deep copy of the model (the tokenizer is shared)."""
     return dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
+
+
+# --- small networks: whole-network OBD/OBS and layer-wise methods on a classifier ------------
+
+
+def is_small_model(spec: object) -> bool:
+    """True for the built-in small classifiers (``digits-mlp[:HIDDEN]``)."""
+    return isinstance(spec, str) and spec.split(":", 1)[0] in SMALL_MODELS
+
+
+def classifier_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Test accuracy and mean cross-entropy of a classifier."""
+    from .models.digits import accuracy
+
+    with torch.no_grad():
+        loss = float(nn.functional.cross_entropy(model(x), y))
+    return {"accuracy": accuracy(model, x, y), "loss": loss}
+
+
+def classifier_plan(method: str, pattern: str | float | Pattern, config: Any = None,
+                    network_config: Any = None) -> tuple[Pattern, Any]:
+    """The checked pattern and config of a small-network run, before any work: whole-network
+    methods take a global sparsity and a :class:`prunekit.network.NetworkConfig`."""
+    from .network import NETWORK_METHODS, NetworkConfig
+
+    if method in NETWORK_METHODS:
+        pattern = pattern if isinstance(pattern, (Unstructured, NM)) else parse_pattern(pattern)
+        if not isinstance(pattern, Unstructured):
+            raise PatternError(f"{method} ranks all weights of the network together: pass a "
+                               f"sparsity such as 0.9, not {pattern}")
+        check_requested(pattern)
+        return Unstructured(pattern.sparsity, "global"), network_config or NetworkConfig()
+    pattern = resolve_pattern(pattern, method)
+    check_scope(method, pattern)
+    cfg = config if isinstance(config, MethodConfig) else make_config(method, config)
+    return pattern, cfg
+
+
+def prune_classifier(
+    model: nn.Module,
+    method: str,
+    pattern: str | float | Pattern,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
+    config: Mapping[str, Any] | MethodConfig | None = None,
+    network_config: Any = None,
+    source: str = "calibration set",
+) -> PruneReport:
+    """Prune a small classifier in place, with a whole-network method ('obd', 'obs-network':
+    all weights ranked together on the curvature of the cross-entropy on (x, y)) or any
+    layer-wise method (each Linear in turn, calibrated on its inputs from x). With a test set,
+    the report holds dense and pruned accuracy and loss."""
+    from .network import NETWORK_METHODS, prune_network, prune_layers
+
+    pattern, cfg = classifier_plan(method, pattern, config, network_config)
+    t0 = time.perf_counter()
+    dense = classifier_metrics(model, x_test, y_test) if x_test is not None else None
+    if method in NETWORK_METHODS:
+        layers = prune_network(model, method, pattern.sparsity, x, y, config=cfg)
+    else:
+        layers = prune_layers(model, method, pattern, x, cfg)
+    t1 = time.perf_counter()
+    evaluation: dict[str, Any] = {}
+    if dense is not None:
+        pruned = classifier_metrics(model, x_test, y_test)
+        evaluation = {"data": f"{source} (test split)", "n_test": len(y_test),
+                      "dense_accuracy": dense["accuracy"], "pruned_accuracy": pruned["accuracy"],
+                      "dense_loss": dense["loss"], "pruned_loss": pruned["loss"]}
+    return PruneReport(
+        model=type(model).__name__, method=method, pattern=str(pattern),
+        calibration={"source": f"{source} (train split)", "samples": len(x)}, device="cpu",
+        layers=layers, evaluation=evaluation,
+        params_total=sum(p.numel() for p in model.parameters()),
+        config=dataclasses.asdict(cfg),
+        seconds={"prune": t1 - t0, "eval": time.perf_counter() - t1},
+    )
+
+
+def prune_small(
+    spec: str = "digits-mlp",
+    method: str = "obs-network",
+    pattern: str | float | Pattern = 0.5,
+    *,
+    samples: int | None = None,
+    seed: int = 0,
+    config: Mapping[str, Any] | MethodConfig | None = None,
+    network_config: Any = None,
+) -> tuple[nn.Module, PruneReport]:
+    """Train the built-in ``digits-mlp[:HIDDEN]`` (seconds, seeded) and prune it with
+    :func:`prune_classifier`; calibration: the first ``samples`` training images (default all),
+    evaluation: the held-out test split."""
+    from .models.digits import parse_small_spec, trained_digits_mlp
+
+    from .network import NETWORK_METHODS
+
+    hidden = parse_small_spec(spec)
+    pattern, cfg = classifier_plan(method, pattern, config, network_config)
+    whole = method in NETWORK_METHODS
+    t0 = time.perf_counter()
+    model, data = trained_digits_mlp(hidden, seed=seed)
+    t_train = time.perf_counter() - t0
+    n = len(data.y_train) if samples is None else min(samples, len(data.y_train))
+    report = prune_classifier(model, method, pattern, data.x_train[:n], data.y_train[:n],
+                              x_test=data.x_test, y_test=data.y_test,
+                              config=None if whole else cfg, network_config=cfg if whole else None,
+                              source="sklearn digits")
+    report.model = f"digits-mlp:{hidden}"
+    report.calibration["seed"] = seed
+    report.seconds = {"train": t_train, **report.seconds}
+    return model, report
+
+
+def save_module(model: nn.Module, report: PruneReport, out: str | os.PathLike,
+                overwrite: bool = False) -> Path:
+    """Write a plain module's state dict (``model.safetensors``) and its report, atomically."""
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        file = tmp / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(file))
+        file.chmod(0o666 & ~_umask())  # safetensors creates 0600; an ordinary file
+
+    return write_output(report, out, overwrite, write)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from . import api
 from .errors import PrunekitError, UsageError
 from .methods import get_method, load_builtin_methods
+from .network import CURVATURES, NETWORK_METHODS, NetworkConfig
 from .patterns import NM, parse_pattern
 from .report import evaluation_lines, layer_table, summary_table
 
@@ -53,12 +54,14 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
-def _add_calibration(p: argparse.ArgumentParser, samples: int, seqlen: int) -> None:
+def _add_calibration(p: argparse.ArgumentParser, samples: int, seqlen: int,
+                     small: bool = False) -> None:
     p.add_argument("--calib", default="stdlib",
                    help="calibration text: 'stdlib' (built-in), a text file, or a Hugging Face "
                         "dataset NAME[:CONFIG][@SPLIT] or local dataset path (default: stdlib)")
-    p.add_argument("--samples", type=_positive, default=samples,
-                   help=f"calibration sequences (default: {samples})")
+    p.add_argument("--samples", type=_positive, default=None if small else samples,
+                   help=f"calibration sequences (default: {samples}; digits-mlp: every "
+                        "training image)" if small else f"calibration sequences (default: {samples})")
     p.add_argument("--seqlen", type=_positive, default=seqlen,
                    help=f"tokens per calibration sequence (default: {seqlen})")
     p.add_argument("--batch-size", type=_positive, default=8, help="sequences per forward pass")
@@ -82,8 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", parents=[common],
                        help="one-shot prune a model with calibration data")
-    p.add_argument("model", help="Hugging Face id, local model folder, or 'minilm' (built-in)")
-    p.add_argument("--method", default="sparsegpt", help=f"one of: {', '.join(methods)}")
+    p.add_argument("model", help="Hugging Face id, local model folder, 'minilm' (built-in), or "
+                                 "'digits-mlp[:HIDDEN]' (a small MLP trained on sklearn's "
+                                 "digits in seconds, for the whole-network methods)")
+    p.add_argument("--method", default="sparsegpt",
+                   help=f"one of: {', '.join(methods)}; on digits-mlp also "
+                        f"{', '.join(NETWORK_METHODS)} (see 'prunekit methods')")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--sparsity", help="unstructured sparsity in [0, 1), e.g. 0.5 or 50%%")
     which.add_argument("--pattern", help="N:M pattern such as 2:4 (or a sparsity)")
@@ -92,16 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "across all layers (magnitude only); default: the method's own (row "
                         "for magnitude and wanda, layer for sparsegpt, whose mask is chosen "
                         "per block of columns across all rows as in its paper)")
-    _add_calibration(p, samples=128, seqlen=512)
+    _add_calibration(p, samples=128, seqlen=512, small=True)
     p.add_argument("--out", help="output directory (model, tokenizer, prune_report.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--skip", action="append", default=[], metavar="GLOB",
                    help="leave layers matching this glob dense, e.g. '*.mlp.down_proj' (repeatable)")
     p.add_argument("--damp", type=_nonnegative_float, dest="rel_damp",
-                   help="relative Hessian damping for sparsegpt (default 0.01)")
+                   help="relative Hessian damping for sparsegpt, obs and obs-network (default 0.01)")
     p.add_argument("--blocksize", type=_positive, help="sparsegpt column block size (default 128)")
     p.add_argument("--hessian-dtype", choices=("float32", "float64"),
                    help="precision of the Hessian and solves (default float32)")
+    p.add_argument("--curvature", choices=tuple(CURVATURES),
+                   help="obd/obs-network: curvature of the task loss: empirical 'fisher' "
+                        "(default), 'gauss-newton', or the 'exact' Hessian")
+    p.add_argument("--obs-k", type=_positive, dest="k",
+                   help="obs-network: weights removed jointly per step (default 1, the classic "
+                        "one-at-a-time OBS)")
     p.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
     p.add_argument("--eval-data", metavar="SOURCE",
                    help="held-out text for the evaluation, like --calib (default: the held-out "
@@ -134,6 +147,10 @@ def _progress(desc: str):
 def _pattern(args: argparse.Namespace):
     """The pattern of --sparsity or --pattern; --sparsity takes no N:M pattern."""
     text = args.sparsity if args.sparsity is not None else args.pattern
+    if args.method in NETWORK_METHODS:
+        if args.scope not in (None, "global"):
+            raise UsageError(f"--method {args.method} ranks all weights together: drop --scope")
+        return parse_pattern(text, "global")
     pattern = parse_pattern(text, args.scope or get_method(args.method).default_scope)
     if args.sparsity is not None and isinstance(pattern, NM):
         raise UsageError(
@@ -145,6 +162,28 @@ def _pattern(args: argparse.Namespace):
 
 #: Method settings that have a flag: config field -> flag.
 SETTING_FLAGS = {"rel_damp": "--damp", "blocksize": "--blocksize", "hessian_dtype": "--hessian-dtype"}
+
+
+#: Settings of the whole-network methods: config field -> flag.
+NETWORK_FLAGS = {"rel_damp": "--damp", "curvature": "--curvature", "k": "--obs-k"}
+
+
+def _network_settings(args: argparse.Namespace) -> NetworkConfig:
+    """The whole-network config; layer-method flags are an error, and the reverse."""
+    wrong = [flag for key, flag in SETTING_FLAGS.items()
+             if key not in NETWORK_FLAGS and getattr(args, key) is not None]
+    if args.method in NETWORK_METHODS:
+        if wrong:
+            raise UsageError(f"{wrong[0]} does not apply to --method {args.method}")
+        if args.k is not None and args.method != "obs-network":
+            raise UsageError(f"--obs-k does not apply to --method {args.method}")
+        given = {k: getattr(args, k) for k in NETWORK_FLAGS if getattr(args, k) is not None}
+        return NetworkConfig(**given)
+    for key in ("curvature", "k"):
+        if getattr(args, key) is not None:
+            raise UsageError(f"{NETWORK_FLAGS[key]} applies to the whole-network methods "
+                             f"({', '.join(NETWORK_METHODS)}), not to --method {args.method}")
+    return NetworkConfig()
 
 
 def _settings(args: argparse.Namespace) -> dict:
@@ -162,17 +201,27 @@ def _settings(args: argparse.Namespace) -> dict:
     return given
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
+def cmd_prune_small(args: argparse.Namespace) -> int:
+    """prune on the built-in digits-mlp: whole-network or layer-wise methods, test accuracy."""
+    given = [flag for flag, bad in (("--calib", args.calib != "stdlib"), ("--eval-data", args.eval_data),
+                                    ("--skip", args.skip), ("--device", args.device != "cpu"),
+                                    ("--dtype", args.dtype != "float32")) if bad]
+    if given:
+        raise UsageError(f"{given[0]} does not apply to {args.model}: it is calibrated on the "
+                         "digits training split and tested on its test split, in float64 on the CPU")
     pattern = _pattern(args)
-    config = api.make_config(args.method, _settings(args))
+    network = _network_settings(args)
+    config = None if args.method in NETWORK_METHODS else api.make_config(args.method, _settings(args))
     if args.out:
         api.check_output(args.out, args.overwrite)
-    loaded, report = api.prune(
-        args.model, args.method, pattern, calib=args.calib, samples=args.samples,
-        seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed, device=args.device,
-        skip=args.skip, config=config, evaluate=not args.no_eval, eval_data=args.eval_data,
-        dtype=args.dtype,
-        progress=_progress(f"{args.method} {pattern}"))
+    print(f"training {args.model} on sklearn digits (seed {args.seed}) ...", file=sys.stderr)
+    model, report = api.prune_small(args.model, args.method, pattern, samples=args.samples,
+                                    seed=args.seed, config=config, network_config=network)
+    return _print_and_save(args, report, pattern,
+                           lambda out: api.save_module(model, report, out, args.overwrite))
+
+
+def _print_and_save(args: argparse.Namespace, report, pattern, save) -> int:
     if not args.quiet:
         print(layer_table(report))
     print(f"{args.method} {pattern}: {report.target_sparsity:.1%} of {report.target_params:,} "
@@ -181,11 +230,35 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for line in evaluation_lines(report):
         print(line)
     if args.out:
-        path = api.save_pruned(loaded, report, args.out, args.overwrite)
+        path = save(args.out)
         print(f"saved to {path} (report: {path / api.REPORT_FILE})")
     else:
         print("not saved: pass --out DIR to keep the pruned model")
     return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    if api.is_small_model(args.model):
+        return cmd_prune_small(args)
+    if args.method in NETWORK_METHODS:
+        raise UsageError(
+            f"--method {args.method} needs a task loss and a dense curvature of every weight: "
+            "use it on digits-mlp, or from Python with prunekit.network.prune_network(model, "
+            "...); for transformers use --method obs (layer-wise exact OBS) or sparsegpt")
+    _network_settings(args)  # --curvature / --obs-k are errors here
+    pattern = _pattern(args)
+    config = api.make_config(args.method, _settings(args))
+    if args.out:
+        api.check_output(args.out, args.overwrite)
+    samples = 128 if args.samples is None else args.samples
+    loaded, report = api.prune(
+        args.model, args.method, pattern, calib=args.calib, samples=samples,
+        seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed, device=args.device,
+        skip=args.skip, config=config, evaluate=not args.no_eval, eval_data=args.eval_data,
+        dtype=args.dtype,
+        progress=_progress(f"{args.method} {pattern}"))
+    return _print_and_save(args, report, pattern,
+                           lambda out: api.save_pruned(loaded, report, out, args.overwrite))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -206,8 +279,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(_args: argparse.Namespace) -> int:
+    print("layer-wise (any model; calibration inputs of each layer):")
     for name, cls in sorted(load_builtin_methods().items()):
-        print(f"{name:12s} {cls.description}")
+        print(f"  {name:12s} {cls.description}")
+    print("whole-network (digits-mlp, or any small nn.Module from Python; needs labels):")
+    for name, text in NETWORK_METHODS.items():
+        print(f"  {name:12s} {text}")
     return 0
 
 

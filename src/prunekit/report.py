@@ -83,6 +83,10 @@ def evaluation_lines(report: PruneReport) -> list[str]:
     ev = report.evaluation
     if not ev:
         return []
+    if "dense_accuracy" in ev:
+        return [f"test accuracy on {ev['n_test']} held-out samples of {ev['data']}: dense "
+                f"{ev['dense_accuracy']:.2%} -> pruned {ev['pruned_accuracy']:.2%} (loss "
+                f"{ev['dense_loss']:.4f} -> {ev['pruned_loss']:.4f})"]
     if "cosine" in ev:
         return [f"embedding fidelity on {ev['n_texts']} held-out passages: mean cosine "
                 f"{ev['cosine']:.4f}, nearest-neighbour agreement {ev['nn_agreement']:.1%}"]
@@ -92,20 +96,24 @@ def evaluation_lines(report: PruneReport) -> list[str]:
 
 def report_text(report: PruneReport) -> str:
     """The per-layer table, totals and evaluation as plain text (prune_report.txt)."""
-    head = (f"{report.model}: {report.method} {report.pattern}; calibration "
-            f"{report.calibration.get('samples')} x {report.calibration.get('seqlen')} tokens "
-            f"from {report.calibration.get('source')!r}")
+    cal = report.calibration
+    size = (f"{cal.get('samples')} x {cal['seqlen']} tokens" if cal.get("seqlen")
+            else f"{cal.get('samples')} samples")
+    head = (f"{report.model}: {report.method} {report.pattern}; calibration {size} "
+            f"from {cal.get('source')!r}")
     return "\n".join([head, layer_table(report), *evaluation_lines(report)])
 
 
 def summary_table(reports: list[PruneReport]) -> str:
     """One row per run: method, pattern, sparsity, fidelity or perplexity, error, time."""
-    rows = [("method", "pattern", "sparsity", "cosine", "NN agree", "ppl", "mean rel.err", "prune s")]
+    rows = [("method", "pattern", "sparsity", "cosine", "NN agree", "ppl", "accuracy",
+             "mean rel.err", "prune s")]
     for r in reports:
         ev = r.evaluation
         rows.append((r.method, r.pattern, f"{r.target_sparsity:.1%}",
                      _fmt(ev.get("cosine"), ".4f"), _fmt(ev.get("nn_agreement"), ".1%"),
-                     _fmt(ev.get("pruned_ppl"), ".2f"), _fmt(r.mean_rel_error, ".4f"),
+                     _fmt(ev.get("pruned_ppl"), ".2f"), _fmt(ev.get("pruned_accuracy"), ".2%"),
+                     _fmt(r.mean_rel_error, ".4f"),
                      f"{r.seconds.get('prune', 0.0):.2f}"))
     keep = [i for i in range(len(rows[0])) if any(row[i] != "-" for row in rows[1:])]
     return _table([tuple(row[i] for i in keep) for row in rows])  # drop all-empty columns

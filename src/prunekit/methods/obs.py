@@ -4,7 +4,8 @@
 Iterative: at each step remove the weight of least saliency δL_q = w_q² / (2 [H⁻¹]_qq) (or the
 k least, removed jointly with the multi-weight OBS solution) and update the others; H⁻¹ is
 downdated in O(n²) per removal, never re-inverted. The removal steps are the shared core's
-:func:`prunekit.obs.obs_remove_` and :func:`prunekit.obs.obs_remove_set_`.
+:func:`prunekit.obs.obs_greedy_` (one at a time), :func:`prunekit.obs.obs_remove_set_`
+(k at a time) and :func:`prunekit.obs.obs_remove_rows_` (layer-wise, a batch of rows).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor
 from ..errors import PatternError, UsageError
 from ..hessian import Damping, damped_cholesky
 from ..masks import prune_count
-from ..obs import obs_remove_, obs_remove_rows_, obs_remove_set_
+from ..obs import obs_greedy_, obs_remove_rows_, obs_remove_set_
 from ..patterns import NM, Pattern, Unstructured
 from .base import LayerCompressor, MethodConfig, register
 
@@ -40,34 +41,45 @@ def obs_saliency(w: Tensor, Hinv: Tensor, removed: Tensor) -> Tensor:
 
 
 def obs_prune(
-    w: Tensor, H: Tensor, n_prune: int, k: int = 1, rel_damp: float = 0.0, name: str = "network"
+    w: Tensor, H: Tensor, n_prune: int, k: int = 1, rel_damp: float = 0.0, name: str = "network",
+    refresh: int = 256, snapshots: dict[int, Tensor] | None = None,
 ) -> OBSResult:
     """Remove ``n_prune`` weights of ``w`` (n,) by OBS with Hessian ``H`` (n, n), k at a time.
 
     ``rel_damp`` adds λ = rel_damp · mean(diag H) before inverting (escalated if H is not
-    positive definite; the damping used is returned). k > 1 removes the k least salient
-    weights of each step jointly (δw = −H⁻¹E (EᵀH⁻¹E)⁻¹ Eᵀw).
+    positive definite; the damping used is returned). k = 1 is the iterative OBS of Hassibi &
+    Stork (:func:`prunekit.obs.obs_greedy_`, downdates folded in every ``refresh`` removals).
+    k > 1 removes the k least salient weights of each step jointly
+    (δw = −H⁻¹E (EᵀH⁻¹E)⁻¹ Eᵀw, :func:`obs_prune_sets_`). ``snapshots`` (k = 1): see
+    :func:`prunekit.obs.obs_greedy_`.
     """
     L, damping = damped_cholesky(H, rel_damp, name=name)
     Hinv = torch.cholesky_inverse(L)
     w = w.clone()
+    if k == 1:
+        order, losses = obs_greedy_(w, Hinv, n_prune, refresh=refresh, snapshots=snapshots)
+    elif snapshots is not None:
+        raise ValueError("snapshots are for one-at-a-time OBS (k = 1)")
+    else:
+        order, losses = obs_prune_sets_(w, Hinv, n_prune, k)
+    return OBSResult(w, order, losses, damping)
+
+
+def obs_prune_sets_(w: Tensor, Hinv: Tensor, n_prune: int, k: int) -> tuple[Tensor, Tensor]:
+    """The batched variant: each step removes the k least salient weights jointly with the
+    multi-weight OBS solution (the last step fewer). w (n,) and Hinv (n, n) are updated in
+    place. Returns (order (n_prune,), δL per step)."""
+    if k < 1:
+        raise ValueError(f"k {k} must be >= 1")
     removed = torch.zeros_like(w, dtype=torch.bool)
     order, losses = [], []
     while len(order) < n_prune:
         step = min(k, n_prune - len(order))
-        sal = obs_saliency(w, Hinv, removed)
-        if step == 1:
-            q = int(torch.argmin(sal))
-            losses.append(obs_remove_(w, Hinv, q))
-            chosen = [q]
-        else:
-            Q = torch.argsort(sal, stable=True)[:step]
-            losses.append(obs_remove_set_(w, Hinv, Q))
-            chosen = Q.tolist()
-        removed[chosen] = True
-        order.extend(chosen)
-    return OBSResult(w, torch.tensor(order, dtype=torch.long),
-                     torch.tensor(losses, dtype=w.dtype), damping)
+        Q = torch.argsort(obs_saliency(w, Hinv, removed), stable=True)[:step]
+        losses.append(obs_remove_set_(w, Hinv, Q))
+        removed[Q] = True
+        order.extend(Q.tolist())
+    return torch.tensor(order, dtype=torch.long), torch.tensor(losses, dtype=w.dtype)
 
 
 # --- layer-wise exact OBS (Optimal Brain Compression) ---------------------------------------
