@@ -160,15 +160,16 @@ def test_chunked_fisher_and_per_sample_gradients_match_explicit_loop(chunk_size)
 
 @pytest.mark.parametrize("block", [1, 3, 4, 10, 64])  # n = 10
 def test_block_lower_product_and_in_place_symmetrisation(block):
-    from prunekit.curvature import _add_lower_product_, _mirror_lower_, _symmetrize_
+    from prunekit.curvature import _mirror_lower_, _symmetrize_
+    from prunekit.hessian import add_lower_product_
 
     g = torch.Generator().manual_seed(3)
     A = torch.randn(7, 10, generator=g, dtype=torch.float64)
     S = torch.randn(7, 7, generator=g, dtype=torch.float64)
     B = (S + S.T) @ A  # AᵀB = Aᵀ(S + Sᵀ)A is symmetric
     H = torch.zeros(10, 10, dtype=torch.float64)
-    _add_lower_product_(H, A, B, block)
-    _add_lower_product_(H, B, A, block)  # accumulates: 2 AᵀB
+    add_lower_product_(H, A, B, block=block)
+    add_lower_product_(H, B, A, block=block)  # accumulates: 2 AᵀB
     _mirror_lower_(H, block)
     assert torch.allclose(H, 2 * A.T @ B, rtol=0, atol=TOL64) and torch.equal(H, H.T)
     M = torch.randn(10, 10, generator=g, dtype=torch.float64)

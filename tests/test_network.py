@@ -39,11 +39,11 @@ def test_obs_network_predicts_the_loss_increase_and_refits_the_rest(curvature):
     cfg = NetworkConfig(curvature=curvature, rel_damp=0.0)
     res = prune_network(model, "obs-network", 0.5, X, Y, loss_fn=nn.MSELoss(), config=cfg)
     increase = loss_of(model, X, Y) - before
-    assert increase == pytest.approx(res[0].extra["predicted_loss"], abs=1e-10)
+    assert increase == pytest.approx(res[0].extra["predicted_loss"], abs=TOL["float64_exact"])
     model.zero_grad()
     nn.MSELoss()(model(X), Y).backward()
     kept = model.weight != 0
-    assert model.weight.grad[kept].abs().max() < 1e-10  # the kept weights are optimal
+    assert model.weight.grad[kept].abs().max() < TOL["float64_exact"]  # kept weights optimal
     assert int((~kept).sum()) == prune_count(18, 0.5)
 
 
@@ -59,7 +59,8 @@ def test_obd_prunes_smallest_diagonal_saliency_without_update():
     assert (w[gone] == 0).all() and int((w == 0).sum()) == 6
     kept = w != 0
     assert torch.equal(w[kept], w0.reshape(-1)[kept])  # no update
-    assert res[0].extra["predicted_loss"] == pytest.approx(float(sal[gone].sum()), rel=1e-9)
+    assert res[0].extra["predicted_loss"] == pytest.approx(float(sal[gone].sum()),
+                                                           rel=TOL["float64_exact"])
 
 
 def mlp(seed=0):
@@ -95,6 +96,23 @@ def test_obs_network_beats_obd_on_the_loss_it_models():
         with torch.no_grad():
             losses[method] = float(nn.CrossEntropyLoss()(m(x), y))
     assert losses["obs-network"] < losses["obd"]
+
+
+def test_float32_model_is_pruned_in_float64_and_stays_float32():
+    model, (x, y) = mlp(4), data(4)
+    m32 = mlp(4).float()
+    prune_network(model, "obs-network", 0.6, x, y)
+    prune_network(m32, "obs-network", 0.6, x.float(), y)
+    assert m32[0].weight.dtype == torch.float32
+    for i in (0, 2):
+        assert torch.equal(m32[i].weight == 0, model[i].weight == 0)
+        assert torch.allclose(m32[i].weight.double(), model[i].weight, atol=1e-6)
+
+
+def test_obd_takes_no_obs_settings():
+    model, (x, y) = mlp(), data()
+    with pytest.raises(UsageError, match="--obs-k 3 applies to obs-network"):
+        prune_network(model, "obd", 0.5, x, y, config=NetworkConfig(k=3))
 
 
 def test_dense_size_limit_is_a_clear_error():
@@ -154,7 +172,11 @@ def test_cli_obs_network_on_digits(tmp_path, capsys):
     assert 0.8 < ev["dense_accuracy"] <= 1 and 0 <= ev["pruned_accuracy"] <= 1
     assert report["calibration"]["samples"] == 300 and report["config"]["curvature"] == "fisher"
     assert "test accuracy on 450 held-out samples" in stdout
-    assert (out / "model.safetensors").exists()
+    from safetensors.torch import load_file
+
+    state = load_file(str(out / "model.safetensors"))
+    zeros = int((state["0.weight"] == 0).sum() + (state["2.weight"] == 0).sum())
+    assert zeros == prune_count(1184, 0.8) and state["0.bias"].shape == (16,)
 
 
 def test_cli_layer_method_and_obd_on_digits(capsys):
@@ -166,7 +188,27 @@ def test_cli_layer_method_and_obd_on_digits(capsys):
     assert "sparsegpt 2:4: 5" in stdout and "obd 50% unstructured (global): 50.0%" in stdout
 
 
+def test_cli_flags_reach_the_config(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["prune", "digits-mlp:8", "--method", "obs-network", "--sparsity", "0.5",
+                 "--curvature", "gauss-newton", "--obs-k", "4", "--damp", "0.05",
+                 "--max-params", "5000", "--samples", "50", "--no-eval", "--out", str(out)]) == 0
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["config"] == {"curvature": "gauss-newton", "rel_damp": 0.05, "k": 4,
+                                "max_params": 5000}
+    assert report["evaluation"] == {} and report["calibration"]["samples"] == 50
+    assert report["layers"][0]["damping"] >= 0.05
+    assert "test accuracy" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, expected", [
+    (["digits-mlp", "--method", "obd", "--sparsity", "0.5", "--damp", "0.1"],
+     "--damp does not apply to --method obd"),
+    (["digits-mlp", "--method", "obs", "--sparsity", "0.5", "--seqlen", "64"], "--seqlen"),
+    (["digits-mlp:300", "--method", "obs-network", "--sparsity", "0.5"],
+     "22,200 parameters needs 3.7 GiB"),
+    (["digits-mlp:8", "--method", "obs", "--sparsity", "0.5", "--max-params", "10"],
+     "--max-params applies to the whole-network methods"),
     (["digits-mlp", "--method", "obs-network", "--pattern", "2:4"], "not 2:4"),
     (["digits-mlp", "--method", "obd", "--sparsity", "0.5", "--obs-k", "4"], "--obs-k"),
     (["digits-mlp", "--method", "obd", "--sparsity", "0.5", "--blocksize", "64"], "--blocksize"),

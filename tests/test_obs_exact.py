@@ -5,8 +5,10 @@ import itertools
 import pytest
 import torch
 
+from conftest import TOL
 from prunekit.methods.obd import obd_prune, obd_saliency
 from prunekit.methods.obs import obs_prune, obs_prune_sets_, obs_saliency
+from prunekit.errors import NumericalError
 from prunekit.obs import obs_greedy_, obs_remove_, obs_remove_set_
 
 
@@ -114,8 +116,8 @@ def test_batched_k1_equals_single_and_k_gt_1_is_joint():
     w1, Hinv = w.clone(), torch.linalg.inv(H)
     order1, losses1 = obs_prune_sets_(w1, Hinv, 10, k=1)  # batched path with sets of one
     assert torch.equal(single.order, order1)
-    assert torch.allclose(single.w, w1, atol=1e-10)
-    assert torch.allclose(single.losses, losses1, atol=1e-12)
+    assert torch.allclose(single.w, w1, atol=TOL["float64_exact"])
+    assert torch.allclose(single.losses, losses1, atol=TOL["float64_exact"])
     batched = obs_prune(w, H, n_prune=10, k=5)
     first = set(batched.order[:5].tolist())
     expected = refit(w, H, first)  # after the first joint step: the exact joint optimum
@@ -142,24 +144,41 @@ def test_deferred_downdates_equal_one_rank1_update_per_removal(refresh):
     for t in range(n_prune):
         q = int(obs_saliency(ref_w, ref_Hinv, removed).argmin())
         assert q == int(order[t])
-        assert obs_remove_(ref_w, ref_Hinv, q) == pytest.approx(float(losses[t]), rel=1e-9)
+        dl = obs_remove_(ref_w, ref_Hinv, q)
+        assert dl == pytest.approx(float(losses[t]), rel=TOL["float64_exact"])
         removed[q] = True
         if t + 1 in (5, 20):
-            assert torch.allclose(snaps[t + 1], ref_w, atol=1e-9)
-    assert torch.allclose(w, ref_w, atol=1e-9)
+            assert torch.allclose(snaps[t + 1], ref_w, atol=TOL["float64_exact"])
+    assert torch.allclose(w, ref_w, atol=TOL["float64_exact"])
     assert (w[order] == 0).all() and (w[~removed] != 0).all()
-    assert float(losses.sum()) == pytest.approx(quad_loss(w, w0, H), rel=1e-9)
+    assert float(losses.sum()) == pytest.approx(quad_loss(w, w0, H), rel=TOL["float64_exact"])
 
 
 def test_greedy_edge_counts():
-    H, w0 = spd(5, seed=2), torch.randn(5, dtype=torch.float64)
+    H = spd(5, seed=2)
+    w0 = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     w = w0.clone()
-    order, losses = obs_greedy_(w, torch.linalg.inv(H), 0)
-    assert order.numel() == 0 and torch.equal(w, w0)
+    snaps = {0: None}
+    order, losses = obs_greedy_(w, torch.linalg.inv(H), 0, snapshots=snaps)
+    assert order.numel() == 0 and torch.equal(w, w0) and torch.equal(snaps[0], w0)
     order, _ = obs_greedy_(w, torch.linalg.inv(H), 5, refresh=2)
     assert sorted(order.tolist()) == list(range(5)) and (w == 0).all()
     with pytest.raises(ValueError, match="n_prune 6"):
         obs_greedy_(w, torch.linalg.inv(H), 6)
+    with pytest.raises(ValueError, match="refresh 0"):
+        obs_greedy_(w, torch.linalg.inv(H), 2, refresh=0)
+    with pytest.raises(ValueError, match=r"snapshot counts \[3\]"):
+        obs_greedy_(w, torch.linalg.inv(H), 2, snapshots={3: None})
+    with pytest.raises(ValueError, match="same dtype"):
+        obs_greedy_(w.float(), torch.linalg.inv(H), 2)
+
+
+def test_greedy_stops_on_a_non_positive_pivot():
+    """An 'inverse Hessian' that is not positive definite must stop with an error, not NaN."""
+    Hinv = torch.diag(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+    w = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(NumericalError, match="pivot for weight 1 is -2"):
+        obs_greedy_(w, Hinv, 2)
 
 
 def test_damping_is_reported_and_escalates():

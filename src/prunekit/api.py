@@ -562,12 +562,24 @@ def classifier_plan(method: str, pattern: str | float | Pattern, config: Any = N
     from .network import NETWORK_METHODS, NetworkConfig
 
     if method in NETWORK_METHODS:
+        if config is not None:
+            raise UsageError(f"{method} takes a network_config (NetworkConfig), not config")
         pattern = pattern if isinstance(pattern, (Unstructured, NM)) else parse_pattern(pattern)
         if not isinstance(pattern, Unstructured):
             raise PatternError(f"{method} ranks all weights of the network together: pass a "
                                f"sparsity such as 0.9, not {pattern}")
         check_requested(pattern)
+        if isinstance(network_config, Mapping):
+            known = {f.name for f in dataclasses.fields(NetworkConfig)}
+            unknown = sorted(set(network_config) - known)
+            if unknown:
+                raise UsageError(f"{method} has no setting {', '.join(unknown)}: its settings "
+                                 f"are {', '.join(sorted(known))}")
+            network_config = NetworkConfig(**network_config)
         return Unstructured(pattern.sparsity, "global"), network_config or NetworkConfig()
+    if network_config is not None:
+        raise UsageError(f"network_config is for the whole-network methods "
+                         f"({', '.join(NETWORK_METHODS)}), not for {method!r}")
     pattern = resolve_pattern(pattern, method)
     check_scope(method, pattern)
     cfg = config if isinstance(config, MethodConfig) else make_config(method, config)
@@ -586,16 +598,18 @@ def prune_classifier(
     config: Mapping[str, Any] | MethodConfig | None = None,
     network_config: Any = None,
     source: str = "calibration set",
+    evaluate: bool = True,
 ) -> PruneReport:
     """Prune a small classifier in place, with a whole-network method ('obd', 'obs-network':
     all weights ranked together on the curvature of the cross-entropy on (x, y)) or any
     layer-wise method (each Linear in turn, calibrated on its inputs from x). With a test set,
-    the report holds dense and pruned accuracy and loss."""
+    the report holds dense and pruned accuracy and loss (unless ``evaluate`` is false)."""
     from .network import NETWORK_METHODS, prune_network, prune_layers
 
     pattern, cfg = classifier_plan(method, pattern, config, network_config)
+    evaluate = evaluate and x_test is not None
+    dense = classifier_metrics(model, x_test, y_test) if evaluate else None
     t0 = time.perf_counter()
-    dense = classifier_metrics(model, x_test, y_test) if x_test is not None else None
     if method in NETWORK_METHODS:
         layers = prune_network(model, method, pattern.sparsity, x, y, config=cfg)
     else:
@@ -626,25 +640,32 @@ def prune_small(
     seed: int = 0,
     config: Mapping[str, Any] | MethodConfig | None = None,
     network_config: Any = None,
+    evaluate: bool = True,
 ) -> tuple[nn.Module, PruneReport]:
     """Train the built-in ``digits-mlp[:HIDDEN]`` (seconds, seeded) and prune it with
     :func:`prune_classifier`; calibration: the first ``samples`` training images (default all),
     evaluation: the held-out test split."""
     from .models.digits import parse_small_spec, trained_digits_mlp
 
-    from .network import NETWORK_METHODS
+    from .models.digits import N_CLASSES, N_PIXELS
+    from .network import NETWORK_METHODS, check_network_size
 
     hidden = parse_small_spec(spec)
     pattern, cfg = classifier_plan(method, pattern, config, network_config)
     whole = method in NETWORK_METHODS
+    if whole:  # before training: the size is known from the spec
+        check_network_size(N_PIXELS * hidden + hidden * N_CLASSES, method, cfg)
     t0 = time.perf_counter()
     model, data = trained_digits_mlp(hidden, seed=seed)
     t_train = time.perf_counter() - t0
     n = len(data.y_train) if samples is None else min(samples, len(data.y_train))
+    if samples is not None and samples > n:
+        log.warning("--samples %d: the digits training split has %d images; using all of them",
+                    samples, n)
     report = prune_classifier(model, method, pattern, data.x_train[:n], data.y_train[:n],
                               x_test=data.x_test, y_test=data.y_test,
                               config=None if whole else cfg, network_config=cfg if whole else None,
-                              source="sklearn digits")
+                              source="sklearn digits", evaluate=evaluate)
     report.model = f"digits-mlp:{hidden}"
     report.calibration["seed"] = seed
     report.seconds = {"train": t_train, **report.seconds}

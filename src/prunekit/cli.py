@@ -62,9 +62,10 @@ def _add_calibration(p: argparse.ArgumentParser, samples: int, seqlen: int,
     p.add_argument("--samples", type=_positive, default=None if small else samples,
                    help=f"calibration sequences (default: {samples}; digits-mlp: every "
                         "training image)" if small else f"calibration sequences (default: {samples})")
-    p.add_argument("--seqlen", type=_positive, default=seqlen,
+    p.add_argument("--seqlen", type=_positive, default=None if small else seqlen,
                    help=f"tokens per calibration sequence (default: {seqlen})")
-    p.add_argument("--batch-size", type=_positive, default=8, help="sequences per forward pass")
+    p.add_argument("--batch-size", type=_positive, default=None if small else 8,
+                   help="sequences per forward pass (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument("--device", default="cpu", help="compute device: cpu or cuda[:N] (default: cpu)")
     p.add_argument("--dtype", choices=tuple(api.MODEL_DTYPES), default="float32",
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--obs-k", type=_positive, dest="k",
                    help="obs-network: weights removed jointly per step (default 1, the classic "
                         "one-at-a-time OBS)")
+    p.add_argument("--max-params", type=_positive, dest="max_params",
+                   help="obd/obs-network: largest network given a dense n x n curvature "
+                        "(default 20000: 3 GiB in float64)")
     p.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
     p.add_argument("--eval-data", metavar="SOURCE",
                    help="held-out text for the evaluation, like --calib (default: the held-out "
@@ -165,7 +169,8 @@ SETTING_FLAGS = {"rel_damp": "--damp", "blocksize": "--blocksize", "hessian_dtyp
 
 
 #: Settings of the whole-network methods: config field -> flag.
-NETWORK_FLAGS = {"rel_damp": "--damp", "curvature": "--curvature", "k": "--obs-k"}
+NETWORK_FLAGS = {"rel_damp": "--damp", "curvature": "--curvature", "k": "--obs-k",
+                 "max_params": "--max-params"}
 
 
 def _network_settings(args: argparse.Namespace) -> NetworkConfig:
@@ -175,11 +180,13 @@ def _network_settings(args: argparse.Namespace) -> NetworkConfig:
     if args.method in NETWORK_METHODS:
         if wrong:
             raise UsageError(f"{wrong[0]} does not apply to --method {args.method}")
-        if args.k is not None and args.method != "obs-network":
-            raise UsageError(f"--obs-k does not apply to --method {args.method}")
+        for key in ("k", "rel_damp"):
+            if getattr(args, key) is not None and args.method != "obs-network":
+                raise UsageError(f"{NETWORK_FLAGS[key]} does not apply to --method "
+                                 f"{args.method} (it is for obs-network)")
         given = {k: getattr(args, k) for k in NETWORK_FLAGS if getattr(args, k) is not None}
         return NetworkConfig(**given)
-    for key in ("curvature", "k"):
+    for key in ("curvature", "k", "max_params"):
         if getattr(args, key) is not None:
             raise UsageError(f"{NETWORK_FLAGS[key]} applies to the whole-network methods "
                              f"({', '.join(NETWORK_METHODS)}), not to --method {args.method}")
@@ -203,20 +210,25 @@ def _settings(args: argparse.Namespace) -> dict:
 
 def cmd_prune_small(args: argparse.Namespace) -> int:
     """prune on the built-in digits-mlp: whole-network or layer-wise methods, test accuracy."""
-    given = [flag for flag, bad in (("--calib", args.calib != "stdlib"), ("--eval-data", args.eval_data),
-                                    ("--skip", args.skip), ("--device", args.device != "cpu"),
-                                    ("--dtype", args.dtype != "float32")) if bad]
+    given = [flag for flag, bad in (
+        ("--calib", args.calib != "stdlib"), ("--eval-data", args.eval_data),
+        ("--skip", args.skip), ("--device", args.device != "cpu"),
+        ("--dtype", args.dtype != "float32"), ("--seqlen", args.seqlen is not None),
+        ("--batch-size", args.batch_size is not None)) if bad]
     if given:
-        raise UsageError(f"{given[0]} does not apply to {args.model}: it is calibrated on the "
-                         "digits training split and tested on its test split, in float64 on the CPU")
+        raise UsageError(f"{given[0]} does not apply to {args.model}: it is calibrated on "
+                         "(--samples of) the digits training split and tested on its test split, "
+                         "in float64 on the CPU")
     pattern = _pattern(args)
     network = _network_settings(args)
     config = None if args.method in NETWORK_METHODS else api.make_config(args.method, _settings(args))
     if args.out:
         api.check_output(args.out, args.overwrite)
     print(f"training {args.model} on sklearn digits (seed {args.seed}) ...", file=sys.stderr)
-    model, report = api.prune_small(args.model, args.method, pattern, samples=args.samples,
-                                    seed=args.seed, config=config, network_config=network)
+    model, report = api.prune_small(
+        args.model, args.method, pattern, samples=args.samples, seed=args.seed, config=config,
+        network_config=network if args.method in NETWORK_METHODS else None,
+        evaluate=not args.no_eval)
     return _print_and_save(args, report, pattern,
                            lambda out: api.save_module(model, report, out, args.overwrite))
 
@@ -253,7 +265,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     samples = 128 if args.samples is None else args.samples
     loaded, report = api.prune(
         args.model, args.method, pattern, calib=args.calib, samples=samples,
-        seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed, device=args.device,
+        seqlen=512 if args.seqlen is None else args.seqlen,
+        batch_size=8 if args.batch_size is None else args.batch_size, seed=args.seed, device=args.device,
         skip=args.skip, config=config, evaluate=not args.no_eval, eval_data=args.eval_data,
         dtype=args.dtype,
         progress=_progress(f"{args.method} {pattern}"))

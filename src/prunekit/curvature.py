@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, jacrev, vjp, vmap
 
 from .errors import UsageError
+from .hessian import add_lower_product_
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 MAX_DENSE_PARAMS = 20_000
@@ -47,7 +48,7 @@ def check_dense_size(n: int, max_params: int, dtype: torch.dtype = torch.float64
         raise UsageError(
             f"a dense Hessian of {n:,} parameters needs {gib:.1f} GiB ({dtype}) plus working "
             f"memory: prune a smaller network, restrict it to fewer layers, use the diagonal, or "
-            f"raise max_params above {max_params:,} if that memory is available"
+            f"raise max_params (--max-params) above {max_params:,} if that memory is available"
         )
 
 
@@ -98,17 +99,6 @@ def _mirror_lower_(H: Tensor, block: int = _BLOCK) -> Tensor:
         diag.copy_((diag + diag.T) / 2)
         H[:i, i : i + block] = H[i : i + block, :i].T
     return H
-
-
-def _add_lower_product_(H: Tensor, A: Tensor, B: Tensor, block: int = _BLOCK) -> None:
-    """H += AᵀB on the block-lower triangle only (rows r0:r1, columns :r1), for AᵀB symmetric.
-
-    A, B: (m, n). About half the flops of the full product; finish with :func:`_mirror_lower_`.
-    """
-    n = H.shape[0]
-    for r0 in range(0, n, block):
-        r1 = min(r0 + block, n)
-        H[r0:r1, :r1].addmm_(A[:, r0:r1].T, B[:, :r1])  # (r1-r0, r1)
 
 
 def _sample_chunks(inputs: Tensor, targets: Tensor, chunk_size: int
@@ -203,7 +193,7 @@ def empirical_fisher(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets:
     F = torch.zeros(n, n, dtype=w0.dtype, device=w0.device)
     for X, T in _sample_chunks(inputs, targets, chunk_size):
         G = g(X, T)  # (B, n)
-        _add_lower_product_(F, G, G)
+        add_lower_product_(F, G, G)
     return _mirror_lower_(F).div_(N)
 
 
@@ -233,7 +223,7 @@ def gauss_newton(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: Ten
     for X, T in _sample_chunks(inputs, targets, chunk_size):
         J, H_out = vmap(one)(X, T)  # (B, K, n), (B, K, K)
         HJ = torch.bmm(H_out, J)  # (B, K, n)
-        _add_lower_product_(G, J.reshape(-1, n), HJ.reshape(-1, n))  # Σ_i J_iᵀ (H_i J_i)
+        add_lower_product_(G, J.reshape(-1, n), HJ.reshape(-1, n))  # Σ_i J_iᵀ (H_i J_i)
     return _mirror_lower_(G).div_(N)
 
 

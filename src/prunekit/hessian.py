@@ -108,6 +108,18 @@ def _recursive_tril_inverse(L: Tensor, leaf: int = 256) -> Tensor:
     return out
 
 
+def add_lower_product_(H: Tensor, A: Tensor, B: Tensor, alpha: float = 1.0,
+                       block: int = 1024) -> Tensor:
+    """H += alpha · AᵀB on the block-lower triangle only (block rows r0:r1, columns :r1), for a
+    product known to be symmetric. A, B: (k, n); H: (n, n). About half the flops of the full
+    product; entries above the diagonal blocks are left as they were. Returns H."""
+    n = H.shape[0]
+    for r0 in range(0, n, block):
+        r1 = min(r0 + block, n)
+        H[r0:r1, :r1].addmm_(A[:, r0:r1].T, B[:, :r1], alpha=alpha)  # (r1-r0, r1)
+    return H
+
+
 def damped_cholesky(
     H: Tensor, rel_damp: float = 0.01, max_tries: int = 6, growth: float = 10.0,
     name: str = "layer", overwrite: bool = False,

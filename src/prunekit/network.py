@@ -18,6 +18,7 @@ networks small enough that every layer can be re-run per layer and the whole Hes
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .curvature import (MAX_DENSE_PARAMS, LossFn, empirical_fisher, fisher_diagonal,
-                        gauss_newton, loss_hessian, prunable_names)
-from .errors import PatternError, UsageError
+from .curvature import (MAX_DENSE_PARAMS, LossFn, check_dense_size, empirical_fisher,
+                        fisher_diagonal, gauss_newton, loss_hessian, prunable_names)
+from .errors import NumericalError, PatternError, UsageError
 from .masks import global_patterns, prune_count, sparsity
 from .methods.base import LayerCompressor, LayerResult, MethodConfig, get_method, weight_matrix
 from .methods.obd import obd_prune
@@ -56,6 +57,10 @@ class NetworkConfig:
     k: int = 1
     max_params: int = MAX_DENSE_PARAMS
 
+    def dense(self, method: str) -> bool:
+        """Whether ``method`` needs the dense n × n curvature (OBD with the Fisher does not)."""
+        return method == "obs-network" or self.curvature != "fisher"
+
     def __post_init__(self) -> None:
         if self.curvature not in CURVATURES:
             raise UsageError(f"--curvature {self.curvature!r}: use one of {', '.join(CURVATURES)}")
@@ -63,6 +68,15 @@ class NetworkConfig:
             raise UsageError(f"--damp {self.rel_damp!r} must be >= 0, e.g. 0.01")
         if self.k < 1:
             raise UsageError(f"--obs-k {self.k!r} must be >= 1")
+        if self.max_params < 1:
+            raise UsageError(f"--max-params {self.max_params!r} must be >= 1")
+
+
+def check_network_size(n: int, method: str, config: NetworkConfig) -> None:
+    """Refuse, before any work, a method that needs a dense curvature of more than
+    ``config.max_params`` weights (OBD with the Fisher diagonal has no limit)."""
+    if config.dense(method):
+        check_dense_size(n, config.max_params)
 
 
 def flat_weights(model: nn.Module, names: list[str]) -> Tensor:
@@ -96,34 +110,50 @@ def prune_network(model: nn.Module, method: str, sparsity_: float, x: Tensor, y:
     """Prune all Linear/Conv weights of ``model`` together, in place, to ``sparsity_``.
 
     method: 'obd' or 'obs-network'. (x, y): calibration inputs and labels for the curvature of
-    ``loss_fn`` (default cross-entropy). Returns one :class:`LayerResult` per weight matrix;
-    the first carries the run's totals in ``extra`` (predicted loss increase, damping).
+    ``loss_fn`` (default cross-entropy). The curvature and the OBS solve run on a float64 copy
+    of the model, whatever its dtype. Returns one :class:`LayerResult` per weight matrix; the
+    first carries the run's totals in ``extra`` (predicted loss increase, damping tries).
     """
     if method not in NETWORK_METHODS:
         raise UsageError(f"unknown whole-network method {method!r}: use {', '.join(NETWORK_METHODS)}")
     if not 0 <= sparsity_ < 1:
         raise PatternError(f"sparsity {sparsity_} must be in [0, 1), e.g. 0.9")
     config = config or NetworkConfig()
+    if method == "obd" and config.k != 1:
+        raise UsageError(f"--obs-k {config.k} applies to obs-network, not obd")
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     names = prunable_names(model)
     if not names:
         raise UsageError(f"{type(model).__name__} has no Linear/Conv weights to prune")
     start = time.perf_counter()
-    w = flat_weights(model, names)
+    work = copy.deepcopy(model).double()  # curvature and OBS in float64, whatever the model's dtype
+    x64 = x.double() if x.is_floating_point() else x
+    y64 = y.double() if y.is_floating_point() else y
+    w = flat_weights(work, names)
+    check_network_size(w.numel(), method, config)
     n_prune = prune_count(w.numel(), sparsity_)
     extra: dict = {"curvature": config.curvature, "samples": len(x)}
     if method == "obd":
-        diag = curvature_diagonal(model, loss_fn, x, y, names, config)
+        diag = curvature_diagonal(work, loss_fn, x64, y64, names, config)
         w_new, order = obd_prune(w, diag, n_prune)
         extra["predicted_loss"] = float(0.5 * (diag[order] * w[order].square()).sum())
         damping = None
     else:
-        H = CURVATURES[config.curvature](model, loss_fn, x, y, names,
+        H = CURVATURES[config.curvature](work, loss_fn, x64, y64, names,
                                          max_params=config.max_params)
-        res = obs_prune(w, H, n_prune, k=config.k, rel_damp=config.rel_damp, name=type(model).__name__)
+        try:
+            res = obs_prune(w, H, n_prune, k=config.k, rel_damp=config.rel_damp,
+                            name=type(model).__name__)
+        except NumericalError as exc:
+            raise NumericalError(
+                f"{exc}. The {config.curvature} curvature of this network could not be used: an "
+                "exact Hessian away from a minimum is indefinite (use --curvature fisher or "
+                "gauss-newton, which are positive semi-definite, or a larger --damp)") from None
+        del H
         w_new, damping = res.w, res.damping.relative
         extra["predicted_loss"] = float(res.losses.sum())
-    write_flat_(model, names, w_new)
+        extra["damping_tries"] = res.damping.tries
+    write_flat_(model, names, w_new.to(flat_weights(model, names[:1]).dtype))
     seconds = time.perf_counter() - start
     params = dict(model.named_parameters())
     return [

@@ -25,6 +25,9 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .errors import NumericalError
+from .hessian import add_lower_product_
+
 
 class ColumnRule(Protocol):
     """What the sweep fixes each column to.
@@ -147,40 +150,38 @@ def obs_remove_set_(w: Tensor, Hinv: Tensor, Q: Tensor) -> float:
     return loss
 
 
-def _sub_gram_lower_(M: Tensor, S: Tensor, blocks: int = 8) -> None:
-    """M −= SᵀS on the lower triangle and diagonal only (M: (m, m), S: (k, m)), as block rows
-    of products: ≈ (1 + 1/blocks)/2 of the flops of the full product."""
-    m = M.shape[0]
-    step = -(-m // blocks)
-    for i0 in range(0, m, step):
-        i1 = min(i0 + step, m)
-        M[i0:i1, :i1].addmm_(S[:, i0:i1].T, S[:, :i1], alpha=-1.0)
-
-
 def obs_greedy_(w: Tensor, Hinv: Tensor, n_prune: int, refresh: int = 256,
-                snapshots: dict[int, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                snapshots: dict[int, Tensor | None] | None = None, overwrite: bool = False
+                ) -> tuple[Tensor, Tensor]:
     """Iterative OBS (Hassibi & Stork 1993): remove ``n_prune`` weights one at a time, each the
     least salient δL_q = w_q² / (2 [H⁻¹]_qq) under the current inverse, updating the rest by
     δw = −(w_q / [H⁻¹]_qq) H⁻¹ e_q and H⁻¹ by its O(n²) downdate after every removal.
 
     The downdates are the ones :func:`obs_remove_` applies, deferred: the current inverse is
-    kept as M − Σ_j s_j s_jᵀ (M symmetric, only its lower half kept current) with s_j = H⁻¹ e_{q_j} / √[H⁻¹]_{q_j q_j} (each s_j computed from
-    M and the earlier s, O(n·j)); its diagonal, all the saliencies need, is updated exactly in
-    O(n) per removal. Every ``refresh`` removals the pending rank-``refresh`` correction is
-    folded into M with one matrix product; once a quarter of M's rows belong to removed
-    weights, those rows and columns are dropped, so M shrinks as the network does. Same maths as one rank-1 update per removal; the work is
-    ≈ ⅔ n³ flops in BLAS-3 products instead of memory-bound rank-1 updates.
+    kept as M − Σ_j s_j s_jᵀ with s_j = H⁻¹ e_{q_j} / √[H⁻¹]_{q_j q_j} at step j (each s_j
+    computed from M and the earlier s, O(n·j)); M is symmetric and only its lower half is kept
+    current. The diagonal, all the saliencies need, is updated exactly in O(n) per removal.
+    Every ``refresh`` removals the pending rank-``refresh`` correction is folded into M's lower
+    half with matrix products (:func:`prunekit.hessian.add_lower_product_`); once a quarter of
+    M's rows belong to removed weights, those rows and columns are dropped, so M shrinks as the
+    network does. Same maths as one rank-1 update per removal; the work is about n³/3 flops
+    of BLAS-3 products instead of memory-bound rank-1 updates.
 
-    w: (n,) updated in place (removed weights exactly 0); Hinv: (n, n), read only.
-    snapshots: optional {removal count: ...}; each value is set to a copy of w after that many
-    removals (greedy OBS is nested: one run gives every sparsity on its way).
+    w: (n,) updated in place (removed weights exactly 0); Hinv: (n, n), read only unless
+    ``overwrite`` (then it is used as scratch and left undefined: no n × n copy is made).
+    snapshots: optional {removal count: None}; each value is set to a copy of w after that many
+    removals, 0 included (greedy OBS is nested: one run gives every sparsity on its way).
+    A pivot [H⁻¹]_qq that is not positive (H too ill-conditioned for the arithmetic) raises
+    :class:`prunekit.errors.NumericalError` rather than spreading NaN.
     Returns (order (n_prune,) original indices in removal order, δL per removal (n_prune,)).
     """
     n = w.numel()
-    if not 0 <= n_prune <= n:
-        raise ValueError(f"n_prune {n_prune} must be in [0, {n}]")
+    _check_greedy(n, n_prune, refresh, snapshots, w, Hinv)
+    if snapshots is not None and 0 in snapshots:
+        snapshots[0] = w.clone()
     active = torch.arange(n, device=w.device)  # original index of each row of M
-    M, wa, d = Hinv.clone(), w.clone(), torch.diagonal(Hinv).clone()  # (m, m), (m,), (m,)
+    M = Hinv if overwrite else Hinv.clone()  # (m, m)
+    wa, d = w.clone(), torch.diagonal(Hinv).clone()  # (m,), (m,)
     S = torch.empty(refresh, n, dtype=w.dtype, device=w.device)  # pending s_j: (refresh, m)
     dead = torch.zeros(n, dtype=torch.bool, device=w.device)  # removed, rows still in M
     order = torch.empty(n_prune, dtype=torch.long, device=w.device)
@@ -193,6 +194,11 @@ def obs_greedy_(w: Tensor, Hinv: Tensor, n_prune: int, refresh: int = 256,
             v.addmv_(S[:k].T, S[:k, q], alpha=-1.0)
         v.masked_fill_(dead, 0.0)  # removed weights stay exactly zero
         dq, wq = v[q], wa[q]
+        if not float(dq) > 0:
+            raise NumericalError(
+                f"OBS step {t + 1}: the inverse Hessian's pivot for weight {int(active[q])} is "
+                f"{float(dq):.3g} (must be > 0): the Hessian is too ill-conditioned for "
+                f"{w.dtype}; raise the damping (--damp) or use float64")
         losses[t], order[t] = wq.square() / (2.0 * dq), active[q]
         wa.sub_(v * (wq / dq))
         wa[q] = 0.0
@@ -202,9 +208,9 @@ def obs_greedy_(w: Tensor, Hinv: Tensor, n_prune: int, refresh: int = 256,
         k, n_dead = k + 1, n_dead + 1
         if snapshots is not None and t + 1 in snapshots:
             snapshots[t + 1] = w.new_zeros(n).index_copy_(0, active, wa.masked_fill(dead, 0.0))
-        if k == refresh and t + 1 < n_prune:  # fold the pending downdates into M
-            _sub_gram_lower_(M, S)  # rows and columns of removed weights: − 0
-            k = 0
+        if k == refresh and t + 1 < n_prune:  # fold the pending downdates into M's lower half
+            add_lower_product_(M, S, S, alpha=-1.0)  # rows of removed weights change too, but
+            k = 0  # they are never read again (v is masked) and are dropped at compaction
             if 4 * n_dead >= len(wa):  # a quarter of M is dead: drop those rows and columns
                 keep = (~dead).nonzero().squeeze(1)
                 M = M.index_select(0, keep).index_select(1, keep)
@@ -213,3 +219,17 @@ def obs_greedy_(w: Tensor, Hinv: Tensor, n_prune: int, refresh: int = 256,
     w.zero_()
     w[active] = wa.masked_fill(dead, 0.0)
     return order, losses
+
+
+def _check_greedy(n: int, n_prune: int, refresh: int, snapshots: dict | None, w: Tensor,
+                  Hinv: Tensor) -> None:
+    if not 0 <= n_prune <= n:
+        raise ValueError(f"n_prune {n_prune} must be in [0, {n}]")
+    if refresh < 1:
+        raise ValueError(f"refresh {refresh} must be >= 1, e.g. 256")
+    if w.dtype != Hinv.dtype or Hinv.shape != (n, n):
+        raise ValueError(f"w {tuple(w.shape)} {w.dtype} and Hinv {tuple(Hinv.shape)} "
+                         f"{Hinv.dtype} must have the same dtype and sizes n and (n, n)")
+    late = sorted(c for c in (snapshots or {}) if not 0 <= c <= n_prune)
+    if late:
+        raise ValueError(f"snapshot counts {late} are outside [0, n_prune={n_prune}]")

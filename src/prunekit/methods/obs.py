@@ -55,9 +55,11 @@ def obs_prune(
     """
     L, damping = damped_cholesky(H, rel_damp, name=name)
     Hinv = torch.cholesky_inverse(L)
-    w = w.clone()
+    del L
+    w = w.to(Hinv.dtype, copy=True)
     if k == 1:
-        order, losses = obs_greedy_(w, Hinv, n_prune, refresh=refresh, snapshots=snapshots)
+        order, losses = obs_greedy_(w, Hinv, n_prune, refresh=refresh, snapshots=snapshots,
+                                    overwrite=True)
     elif snapshots is not None:
         raise ValueError("snapshots are for one-at-a-time OBS (k = 1)")
     else:

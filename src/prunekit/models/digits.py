@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..errors import DataError, ModelError
 
 N_CLASSES = 10
+N_PIXELS = 64
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def load_digits_split(test_fraction: float = 0.25, seed: int = 0,
 
 def digits_mlp(hidden: int = 128, dtype: torch.dtype = torch.float64) -> nn.Sequential:
     """64 → hidden → 10 with a ReLU; weights of the two Linear layers are the prunable ones."""
-    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, N_CLASSES)).to(dtype)
+    return nn.Sequential(nn.Linear(N_PIXELS, hidden), nn.ReLU(), nn.Linear(hidden, N_CLASSES)).to(dtype)
 
 
 def train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int = 60,
