@@ -150,7 +150,7 @@ def obs_remove_set_(w: Tensor, Hinv: Tensor, Q: Tensor) -> float:
     return loss
 
 
-def obs_greedy_(w: Tensor, Hinv: Tensor, n_prune: int, refresh: int = 256,
+def obs_greedy_(w: Tensor, Hinv: Tensor, n_prune: int, refresh: int = 128,
                 snapshots: dict[int, Tensor | None] | None = None, overwrite: bool = False
                 ) -> tuple[Tensor, Tensor]:
     """Iterative OBS (Hassibi & Stork 1993): remove ``n_prune`` weights one at a time, each the

@@ -42,7 +42,7 @@ def obs_saliency(w: Tensor, Hinv: Tensor, removed: Tensor) -> Tensor:
 
 def obs_prune(
     w: Tensor, H: Tensor, n_prune: int, k: int = 1, rel_damp: float = 0.0, name: str = "network",
-    refresh: int = 256, snapshots: dict[int, Tensor] | None = None,
+    refresh: int = 128, snapshots: dict[int, Tensor] | None = None,
 ) -> OBSResult:
     """Remove ``n_prune`` weights of ``w`` (n,) by OBS with Hessian ``H`` (n, n), k at a time.
 
