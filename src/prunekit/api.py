@@ -23,7 +23,7 @@ from .masks import global_patterns
 from .methods.base import (
     DTYPES, LayerCompressor, LayerResult, MethodConfig, get_method, weight_matrix,
 )
-from .models.adapter import HFAdapter
+from .models.adapter import HFAdapter, is_target
 from .models.loaders import LoadedModel, load_model
 from .patterns import NM, Pattern, Unstructured, check_requested, parse_pattern
 from .pipeline import Progress, run_sequential
@@ -69,9 +69,12 @@ def check_scope(method: str, pattern: Pattern) -> None:
     """Raise :class:`PatternError` if ``method`` cannot rank weights at ``pattern``'s scope."""
     if isinstance(pattern, Unstructured) and pattern.scope == "global":
         if not get_method(method).supports_global:
+            from .methods import load_builtin_methods
+
+            ranked = sorted(n for n, c in load_builtin_methods().items() if c.supports_global)
             raise PatternError(
                 f"method {method!r} has no global scope: use --scope row or layer "
-                "(global ranking of |w| is for magnitude)"
+                f"(global ranking is for {' and '.join(ranked)})"
             )
 
 
@@ -91,15 +94,123 @@ class _AbsWeights(Mapping[str, torch.Tensor]):
         return len(self.layers)
 
 
+class _LayerScores(Mapping[str, torch.Tensor]):
+    """``score(name, W)`` of each target layer's (out, in) weight W, computed when asked."""
+
+    def __init__(self, layers: Mapping[str, nn.Module],
+                 score: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
+        self.layers, self.score = layers, score
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.score(name, weight_matrix(self.layers[name]))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
 def layer_patterns(
-    model: nn.Module, adapter: HFAdapter, pattern: Pattern, method: str
+    model: nn.Module, adapter: HFAdapter, pattern: Pattern, method: str,
+    score: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> Callable[[str], Pattern]:
-    """Per-layer patterns: global scope is resolved by one ranking of |W| over all targets."""
+    """Per-layer patterns: global scope is resolved by one ranking over all targets of
+    ``score(name, W)`` (default |W|; movement: its scores against the base weights)."""
     check_scope(method, pattern)
     if isinstance(pattern, Unstructured) and pattern.scope == "global":
-        per_layer = global_patterns(_AbsWeights(adapter.all_targets(model)), pattern.sparsity)
+        targets = adapter.all_targets(model)
+        ranked = _LayerScores(targets, score) if score is not None else _AbsWeights(targets)
+        per_layer = global_patterns(ranked, pattern.sparsity)
         return per_layer.__getitem__
     return lambda _name: pattern
+
+
+# --- base weights: methods that compare the model with the checkpoint it was fine-tuned from --
+
+def needs_base(method: str) -> bool:
+    """True for a method that scores weights against a base checkpoint (``movement``)."""
+    return bool(getattr(get_method(method), "needs_base", False))
+
+
+def check_base(method: str, base: object) -> None:
+    """Raise :class:`UsageError` if ``method`` needs a base and has none, or the reverse."""
+    if needs_base(method) and base is None:
+        raise UsageError(
+            f"method {method!r} scores the weights by how they moved in fine-tuning: pass "
+            "base= the pretrained checkpoint the model was fine-tuned from (CLI: --base)"
+        )
+    if base is not None and not needs_base(method):
+        raise UsageError(
+            f"base= (--base) is for method 'movement', not {method!r}: drop it, or use "
+            "method 'movement'"
+        )
+
+
+def _base_matrix(base: nn.Module | Mapping[str, torch.Tensor], name: str) -> torch.Tensor | None:
+    """The base's (out, in) weight of layer ``name``, or None if it has no such layer."""
+    if isinstance(base, nn.Module):
+        try:
+            layer = base.get_submodule(name)
+        except AttributeError:
+            return None
+        return weight_matrix(layer).detach() if is_target(layer) else None
+    W0 = base.get(name)
+    return None if W0 is None else W0.detach()
+
+
+def base_weights(
+    model: nn.Module, base: LoadedModel | nn.Module | Mapping[str, torch.Tensor],
+    skip: Sequence[str] = (), source: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """{target layer name: the base's (out, in) weight}, matched by qualified name.
+
+    Raises :class:`ModelError` naming the first target layer the base lacks or has in another
+    shape, :class:`NumericalError` for NaN/Inf base weights, and :class:`ModelError` if the
+    base holds the very same weights as the model (every movement would be 0). No copies: the
+    tensors are the base's own storage.
+    """
+    if isinstance(base, LoadedModel):
+        source, base = source or base.source, base.model
+    where = f"--base {source!r}" if source else "the base"
+    out, moved = {}, False
+    for name, layer in HFAdapter(skip=tuple(skip)).all_targets(model).items():
+        W, W0 = weight_matrix(layer), _base_matrix(base, name)
+        if W0 is None:
+            raise ModelError(
+                f"{name}: layer missing from {where}: the base must be the pretrained "
+                "checkpoint of the same architecture the model was fine-tuned from"
+            )
+        if tuple(W0.shape) != tuple(W.shape):
+            raise ModelError(
+                f"{name}: shape {tuple(W.shape)} (out, in) in the model but "
+                f"{tuple(W0.shape)} in {where}: pass the checkpoint this model was fine-tuned from"
+            )
+        if not bool(torch.isfinite(W0).all()):
+            raise NumericalError(
+                f"{name}: {where} has NaN/Inf weights: load a healthy checkpoint"
+            )
+        moved = moved or not torch.equal(W0.to(W.device, W.dtype), W)
+        out[name] = W0
+    if out and not moved:
+        raise ModelError(
+            f"{where} holds the same weights as the model in every target layer, so no weight "
+            "moved: pass the pretrained checkpoint the model was fine-tuned from"
+        )
+    return out
+
+
+def load_base(
+    base: str | LoadedModel | nn.Module | Mapping[str, torch.Tensor], dtype: str = "float32"
+) -> LoadedModel | nn.Module | Mapping[str, torch.Tensor]:
+    """The base as a model: a spec (HF id, local folder, 'minilm') is loaded with the model's
+    loader in ``dtype``; anything else is returned as it is. Load errors name --base."""
+    if not isinstance(base, str):
+        return base
+    try:
+        return load_model(base, model_dtype(dtype))
+    except ModelError as exc:
+        raise ModelError(f"--base: {exc}") from None
 
 
 def check_weights_finite(model: nn.Module) -> None:
@@ -161,23 +272,34 @@ def prune_model(
     skip: Sequence[str] = (),
     progress: Progress | None = None,
     check: bool = True,
+    base: LoadedModel | nn.Module | Mapping[str, torch.Tensor] | None = None,
 ) -> list[LayerResult]:
     """Prune ``model`` in place with ``method`` to ``pattern`` on calibration ``batches``.
 
-    ``check=False`` skips :func:`preflight` (for a caller that has run it already).
+    ``base``: for ``movement``, the pretrained model the fine-tuned ``model`` came from (a
+    :class:`LoadedModel`, a module of the same architecture, or {layer name: (out, in)
+    weight}); its layers are matched to the model's by qualified name.
+    ``check=False`` skips :func:`preflight` and the base checks (for a caller that has run
+    them already, with ``base`` then the mapping :func:`base_weights` returned).
     """
     cls = get_method(method)
     config = config or cls.config_cls()
     check_requested(pattern)
+    check_base(method, base)
     if not batches:
         raise DataError("the calibration set is empty: pass --samples >= 1 and a non-empty --calib")
     if check:
         preflight(model, pattern, skip, cls, config)
+    if base is not None and (check or not isinstance(base, Mapping)):
+        base = base_weights(model, base, skip)
     adapter = HFAdapter(skip=tuple(skip))
-    pattern_of = layer_patterns(model, adapter, pattern, method)
+    score = None if base is None else (lambda name, W: cls.scores(W, base[name], config))
+    pattern_of = layer_patterns(model, adapter, pattern, method, score)
 
     def make(name: str, layer: nn.Module) -> LayerCompressor:
-        return cls(layer, pattern_of(name), config, name)
+        if base is None:
+            return cls(layer, pattern_of(name), config, name)
+        return cls(layer, pattern_of(name), config, name, base=base[name])
 
     return run_sequential(model, adapter, batches, make, device=device, progress=progress)
 
@@ -189,6 +311,23 @@ def check_seqlen(seqlen: int, max_positions: int | None) -> None:
             f"--seqlen {seqlen} is longer than the model's {max_positions} positions: "
             f"use --seqlen {max_positions} or less"
         )
+
+
+def _base_source(base: str | LoadedModel | nn.Module | Mapping[str, torch.Tensor]) -> str:
+    """How the report names a base: its spec, its loaded source, the module's class, or the
+    number of layer weights given."""
+    if isinstance(base, str):
+        return base
+    if isinstance(base, LoadedModel):
+        return base.source
+    if isinstance(base, nn.Module):
+        return type(base).__name__
+    if isinstance(base, Mapping):
+        return f"{len(base)} layer weights"
+    raise UsageError(
+        f"base= {type(base).__name__} is not a model: pass a Hugging Face id, a local folder, "
+        "'minilm', a LoadedModel, an nn.Module or {layer name: (out, in) weight}"
+    )
 
 
 def calibration(
@@ -316,12 +455,15 @@ def run_one(
     skip: Sequence[str] = (),
     progress: Progress | None = None,
     check: bool = True,
+    base: LoadedModel | nn.Module | Mapping[str, torch.Tensor] | None = None,
 ) -> PruneReport:
-    """Prune ``loaded.model`` in place, evaluate it with ``measure``, and report."""
+    """Prune ``loaded.model`` in place, evaluate it with ``measure``, and report.
+
+    ``base``: the pretrained model for ``movement`` (see :func:`prune_model`)."""
     cfg = config or get_method(method).config_cls()
     t0 = time.perf_counter()
     layers = prune_model(loaded.model, method, pattern, batches, config=cfg, device=device,
-                         skip=skip, progress=progress, check=check)
+                         skip=skip, progress=progress, check=check, base=base)
     t1 = time.perf_counter()
     evaluation = measure(loaded.model) if measure else {}
     return PruneReport(
@@ -350,12 +492,19 @@ def prune(
     eval_data: str | None = None,
     dtype: str = "float32",
     progress: Progress | None = None,
+    base: str | LoadedModel | nn.Module | Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[LoadedModel, PruneReport]:
     """Load ``model``, calibrate on ``calib``, prune it with ``method`` to ``pattern``.
 
+    ``base`` (method ``movement`` only, and required there): the pretrained checkpoint the
+    fine-tuned ``model`` came from, as a spec loaded like the model (Hugging Face id, local
+    folder or 'minilm', in ``dtype``), a :class:`LoadedModel`, a module, or {layer name:
+    (out, in) weight}; its source is recorded in the report's config as ``base``.
+
     Returns the pruned model (in place) with its tokenizer, and a :class:`PruneReport`.
     Everything that can be checked cheaply (pattern, method, device, data source, then the
-    model's weights, positions and layer shapes) is checked before the slow steps.
+    model's weights, positions and layer shapes, and the base's layer names and shapes) is
+    checked before the slow steps.
     """
     from .data import load_texts
 
@@ -363,6 +512,8 @@ def prune(
     pattern = resolve_pattern(pattern, method)
     cfg = config if isinstance(config, MethodConfig) else make_config(method, config)
     check_scope(method, pattern)
+    check_base(method, base)
+    base_source = None if base is None else _base_source(base)
     check_device(device)
     calib_texts = load_texts(calib, "calib")
     eval_texts = evaluation_texts(calib, eval_data) if evaluate else None
@@ -370,6 +521,8 @@ def prune(
     loaded = model if isinstance(model, LoadedModel) else load_model(model, model_dtype(dtype))
     check_seqlen(seqlen, max_positions(loaded.model))
     preflight(loaded.model, pattern, skip, get_method(method), cfg)
+    weights = (None if base is None  # only the base's target weights are kept
+               else base_weights(loaded.model, load_base(base, dtype), skip, base_source))
     t_load = time.perf_counter()
     batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
                           max_positions(loaded.model), texts=calib_texts)
@@ -380,7 +533,10 @@ def prune(
     info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
             "tokens": samples * seqlen}
     report = run_one(loaded, method, pattern, batches, calibration_info=info, config=cfg,
-                     measure=measure, device=device, skip=skip, progress=progress, check=False)
+                     measure=measure, device=device, skip=skip, progress=progress, check=False,
+                     base=weights)
+    if base_source is not None:
+        report.config["base"] = base_source
     report.seconds = {"load": t_load - t_texts, "calibration_data": t_data - t_load + t_texts - t0,
                       "dense_eval": t_dense - t_data, **report.seconds}
     return loaded, report
@@ -580,6 +736,9 @@ def classifier_plan(method: str, pattern: str | float | Pattern, config: Any = N
     if network_config is not None:
         raise UsageError(f"network_config is for the whole-network methods "
                          f"({', '.join(NETWORK_METHODS)}), not for {method!r}")
+    if needs_base(method):
+        raise UsageError(f"method {method!r} prunes a fine-tuned transformer against its "
+                         "pretrained --base: the small classifiers have no base checkpoint")
     pattern = resolve_pattern(pattern, method)
     check_scope(method, pattern)
     cfg = config if isinstance(config, MethodConfig) else make_config(method, config)

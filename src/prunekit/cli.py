@@ -97,9 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--pattern", help="N:M pattern such as 2:4 (or a sparsity)")
     p.add_argument("--scope", choices=("row", "layer", "global"), default=None,
                    help="where unstructured weights compete: per output row, per layer, or "
-                        "across all layers (magnitude only); default: the method's own (row "
-                        "for magnitude and wanda, layer for sparsegpt, whose mask is chosen "
-                        "per block of columns across all rows as in its paper)")
+                        "across all layers (magnitude and movement only); default: the "
+                        "method's own (row for magnitude and wanda, layer for movement as in "
+                        "its paper, and for sparsegpt, whose mask is chosen per block of "
+                        "columns across all rows as in its paper)")
     _add_calibration(p, samples=128, seqlen=512, small=True)
     p.add_argument("--out", help="output directory (model, tokenizer, prune_report.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -119,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-params", type=_positive, dest="max_params",
                    help="obd/obs-network: largest network given a dense n x n curvature "
                         "(default 20000: 3 GiB in float64)")
+    p.add_argument("--base", metavar="PRETRAINED",
+                   help="movement: the pretrained checkpoint MODEL was fine-tuned from (Hugging "
+                        "Face id, local folder or 'minilm'; same architecture, layers matched "
+                        "by name); required by --method movement, an error with any other")
+    p.add_argument("--movement-score", choices=("movement", "first-order"), dest="score",
+                   help="movement: 'movement' ranks |w - w_base| (default), 'first-order' "
+                        "w*(w - w_base), positive where a weight moved away from zero")
     p.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
     p.add_argument("--eval-data", metavar="SOURCE",
                    help="held-out text for the evaluation, like --calib (default: the held-out "
@@ -165,7 +173,8 @@ def _pattern(args: argparse.Namespace):
 
 
 #: Method settings that have a flag: config field -> flag.
-SETTING_FLAGS = {"rel_damp": "--damp", "blocksize": "--blocksize", "hessian_dtype": "--hessian-dtype"}
+SETTING_FLAGS = {"rel_damp": "--damp", "blocksize": "--blocksize",
+                 "hessian_dtype": "--hessian-dtype", "score": "--movement-score"}
 
 
 #: Settings of the whole-network methods: config field -> flag.
@@ -208,8 +217,28 @@ def _settings(args: argparse.Namespace) -> dict:
     return given
 
 
+def _needs_base(method: str) -> bool:
+    return method not in NETWORK_METHODS and api.needs_base(method)
+
+
+def _check_base(args: argparse.Namespace) -> None:
+    """--base goes with the methods that score against a base checkpoint (movement), and they
+    need it; checked before any work."""
+    wanted = _needs_base(args.method)
+    if args.base is not None and not wanted:
+        raise UsageError(f"--base {args.base} does not apply to --method {args.method}: it is "
+                         "for --method movement; drop --base, or use --method movement")
+    if args.base is None and wanted:
+        raise UsageError(f"--method {args.method} needs --base PRETRAINED: the checkpoint the "
+                         "model was fine-tuned from (Hugging Face id, local folder or 'minilm')")
+
+
 def cmd_prune_small(args: argparse.Namespace) -> int:
     """prune on the built-in digits-mlp: whole-network or layer-wise methods, test accuracy."""
+    if _needs_base(args.method):
+        raise UsageError(f"--method {args.method} prunes a fine-tuned transformer against its "
+                         f"pretrained --base: {args.model} has no base checkpoint")
+    _check_base(args)
     given = [flag for flag, bad in (
         ("--calib", args.calib != "stdlib"), ("--eval-data", args.eval_data),
         ("--skip", args.skip), ("--device", args.device != "cpu"),
@@ -258,6 +287,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             "use it on digits-mlp, or from Python with prunekit.network.prune_network(model, "
             "...); for transformers use --method obs (layer-wise exact OBS) or sparsegpt")
     _network_settings(args)  # --curvature / --obs-k are errors here
+    _check_base(args)
     pattern = _pattern(args)
     config = api.make_config(args.method, _settings(args))
     if args.out:
@@ -268,7 +298,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         seqlen=512 if args.seqlen is None else args.seqlen,
         batch_size=8 if args.batch_size is None else args.batch_size, seed=args.seed, device=args.device,
         skip=args.skip, config=config, evaluate=not args.no_eval, eval_data=args.eval_data,
-        dtype=args.dtype,
+        dtype=args.dtype, base=args.base,
         progress=_progress(f"{args.method} {pattern}"))
     return _print_and_save(args, report, pattern,
                            lambda out: api.save_pruned(loaded, report, out, args.overwrite))

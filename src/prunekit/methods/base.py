@@ -102,7 +102,7 @@ class LayerCompressor(ABC):
         if getattr(pattern, "scope", None) == "global" and not self.supports_global:
             raise PatternError(
                 f"method {self.name!r} has no global scope: use --scope row or layer "
-                "(global ranking is for magnitude)"
+                "(global ranking is for magnitude and movement)"
             )
         if pattern is not None:
             self.check(pattern, config)
