@@ -3,8 +3,10 @@ tickets, and a Hugging Face Trainer callback (:mod:`prunekit.training.hf`)."""
 
 from .lottery import Ticket, find_ticket, prune_round
 from .schedules import Constant, Cubic, OneShot, Schedule
-from .sparsifier import (FixedMask, GradualMagnitude, HardMovement, Masked, NMSparsifier,
-                         ScoredMask, SoftMovement, Sparsifier, find_targets)
+from .gmp import GradualMagnitude
+from .movement import HardMovement, ScoredMask, SoftMovement
+from .nm import NMSparsifier
+from .sparsifier import FixedMask, Masked, Sparsifier, find_targets
 
 __all__ = [
     "Constant", "Cubic", "FixedMask", "GradualMagnitude", "HardMovement", "Masked",

@@ -7,18 +7,30 @@
     sparsifier.squash()          # plain weights with permanent zeros, then save_pretrained
 
 The callback prepares the model when training begins (if not prepared already), calls
-``step()`` after every optimizer step, and for :class:`SoftMovement` adds the penalty
-λ·Σσ(S) to the loss the model returns (a forward hook on the model, active while training),
-so nothing else in the training script changes. Masks and scores are buffers of the model and
-are saved in the Trainer's checkpoints; the step count is restored from the Trainer's state.
+``step()`` after every optimizer step, and for :class:`SoftMovement` adds the gradient of the
+penalty λ·Σσ(S) once per optimizer step (whatever the gradient accumulation), so nothing else
+in the training script changes; the loss the Trainer logs is the task loss alone.
+
+Resuming: the Trainer loads a checkpoint into the model before any callback runs, and the
+checkpoint's keys are those of the parametrized model. So call ``sparsifier.prepare(model)``
+before building the Trainer when resuming; the callback then restores the sparsifier's own
+state (step count, score optimizer) from ``prunekit_sparsifier.pt``, which it writes into
+every checkpoint folder. Resuming with an unprepared sparsifier is refused.
 """
 
 from __future__ import annotations
 
+import os
+
+import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .sparsifier import SoftMovement, Sparsifier
+from ..errors import UsageError
+from .movement import SoftMovement
+from .sparsifier import Sparsifier
+
+STATE_FILE = "prunekit_sparsifier.pt"
 
 
 class SparsifierCallback(TrainerCallback):
@@ -26,29 +38,35 @@ class SparsifierCallback(TrainerCallback):
 
     def __init__(self, sparsifier: Sparsifier) -> None:
         self.sparsifier = sparsifier
-        self._hook = None
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs):
         if model is None:
-            raise ValueError("the Trainer passed no model to the callback")
-        if not self.sparsifier.layers:
+            raise UsageError("the Trainer passed no model to the callback")
+        if state.global_step > 0:  # resuming from a checkpoint
+            if not self.sparsifier.layers:
+                raise UsageError("resuming a sparse run: call sparsifier.prepare(model) before "
+                                 "building the Trainer, so the checkpoint's masks load")
+            path = _latest_state(args.output_dir, state.global_step)
+            if path is not None:
+                self.sparsifier.load_state_dict(torch.load(path, weights_only=False))
+            self.sparsifier.step_count = state.global_step
+        elif not self.sparsifier.layers:
             self.sparsifier.prepare(model)
-        self.sparsifier.step_count = state.global_step  # resuming from a checkpoint
         optimizer = kwargs.get("optimizer")
         if optimizer is not None and self.sparsifier.optimizer is None:
             self.sparsifier.optimizer = optimizer
-        if isinstance(self.sparsifier, SoftMovement) and self._hook is None:
-            self._hook = model.register_forward_hook(self._add_penalty)
-
-    def _add_penalty(self, module: nn.Module, _inputs, output):
-        if module.training and getattr(output, "loss", None) is not None:
-            output["loss"] = output["loss"] + self.sparsifier.penalty()
-        return output
 
     def on_step_end(self, args, state, control, **kwargs):
+        if isinstance(self.sparsifier, SoftMovement):
+            self.sparsifier.penalty().backward()  # ∂(λΣσ(S))/∂S, once per optimizer step
         self.sparsifier.step()
 
-    def on_train_end(self, args, state, control, **kwargs):
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(folder):
+            torch.save(self.sparsifier.state_dict(), os.path.join(folder, STATE_FILE))
+
+
+def _latest_state(output_dir: str, step: int) -> str | None:
+    path = os.path.join(output_dir, f"checkpoint-{step}", STATE_FILE)
+    return path if os.path.exists(path) else None

@@ -18,10 +18,12 @@ from ..errors import UsageError
 from ..masks import global_prune_counts, topk_mask
 from .sparsifier import FixedMask, find_targets
 
-#: train(model, sparsifier, round) trains ``model`` in place; it must call ``sparsifier.step()``
-#: after every optimizer step (that keeps pruned weights at zero and lets the ticket record the
-#: rewind point).
-TrainFn = Callable[[nn.Module, FixedMask, int], None]
+#: train(model, sparsifier, round, start_step) trains ``model`` in place; it must call
+#: ``sparsifier.step()`` after every optimizer step (that keeps pruned weights at zero and lets
+#: the ticket record the rewind point). start_step is 0 in round 0 and k in later rounds when
+#: rewinding to iteration k: continue the learning-rate schedule and data order from there
+#: (Frankle et al. 2020 train from k to T).
+TrainFn = Callable[[nn.Module, FixedMask, int, int], None]
 
 
 @dataclass
@@ -92,7 +94,7 @@ def find_ticket(model: nn.Module, train: TrainFn, rounds: int, rate: float = 0.2
         if not recorded:
             sp.hooks.append(lambda s: recorded.update(plain_state(model))
                             if s.step_count == rewind else None)
-        train(model, sp, r)
+        train(model, sp, r, 0 if r == 0 or rewind == "init" else int(rewind))
         sp.squash()
         if not recorded:
             raise UsageError(f"round 0 made fewer than {rewind} optimizer steps (sparsifier."

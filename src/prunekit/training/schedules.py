@@ -50,6 +50,9 @@ class Cubic(Schedule):
     def __post_init__(self) -> None:
         _check_sparsity(self.initial, "initial sparsity")
         _check_sparsity(self.final_sparsity, "final sparsity")
+        if self.initial > self.final_sparsity:
+            raise UsageError(f"initial sparsity {self.initial} is above the final "
+                             f"{self.final_sparsity}: masks only grow")
         if not 0 <= self.start < self.end:
             raise UsageError(f"schedule start {self.start} must be >= 0 and before end {self.end}")
         if self.frequency < 1:

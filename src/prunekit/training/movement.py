@@ -1,0 +1,154 @@
+"""Movement pruning (Sanh, Wolf & Rush 2020, "Movement Pruning: Adaptive Sparsity by
+Fine-Tuning"): the weights that matter for the task are those moving away from zero during
+fine-tuning, measured by scores S learned through the straight-through estimator.
+
+Short names: W the dense weight, M the mask, S the scores, W' = W ⊙ M what the forward uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UsageError
+from .schedules import Constant, Schedule
+from .sparsifier import Masked, Sparsifier
+
+log = logging.getLogger(__name__)
+
+
+def straight_through_scores(W: Tensor, M: Tensor, S: Tensor) -> Tensor:
+    """W ⊙ M in value (exactly: the second term is W · 0), with ∂/∂S = W for every weight, kept
+    or pruned (Sanh et al. 2020, Sec. 3, the straight-through estimator)."""
+    return W * M.to(W.dtype) + W * (S - S.detach()).to(W.dtype)
+
+
+class ScoredMask(Masked):
+    """W ↦ W ⊙ M with learned scores S (float32 whatever W's dtype). S is a buffer that requires
+    grad: the model's optimizer never sees it (no weight decay); the sparsifier updates it.
+    A device or dtype move of the model keeps S a leaf tensor."""
+
+    def __init__(self, weight: Tensor, init: float = 0.0) -> None:
+        super().__init__(weight)
+        self.register_buffer("scores", torch.full(weight.shape, float(init), device=weight.device)
+                             .requires_grad_(True))
+
+    def forward(self, W: Tensor) -> Tensor:
+        return straight_through_scores(W, self.mask, self.scores)
+
+    def _apply(self, fn, recurse: bool = True):
+        out = super()._apply(fn, recurse)
+        if not self.scores.is_leaf:  # .to()/.double() made a differentiable copy
+            self.scores = self.scores.detach().float().requires_grad_(True)
+        return out
+
+
+class HardMovement(Sparsifier):
+    """Movement pruning with hard top-k masks (Sec. 3): scores S start at 0 and accumulate
+    S ← S − lr · (∂L/∂W') ⊙ W after every step (lr = 1: the plain running sum of −(∂L/∂W)·W);
+    at each schedule update the mask keeps the top-k scores per row, layer or globally. Pruned
+    weights keep their dense values and come back when their score rises. The schedule must
+    start at sparsity 0: before any step every score is 0 and a ranking would be by position."""
+
+    hard_zero = False
+    parametrization = ScoredMask
+
+    def __init__(self, schedule: Schedule, scope: str = "layer", score_lr: float = 1.0,
+                 skip: Sequence[str] = (), optimizer: torch.optim.Optimizer | None = None) -> None:
+        super().__init__(schedule, scope, skip, optimizer)
+        if not score_lr > 0:
+            raise UsageError(f"score_lr {score_lr!r} must be > 0")
+        if schedule.sparsity(0) > 0:
+            raise UsageError(
+                f"movement scores are all 0 before training: the schedule must start at "
+                f"sparsity 0, not {schedule.sparsity(0)} (e.g. Cubic(0.0, final, start=100, ...))")
+        self.score_lr = score_lr
+
+    def scores(self, name: str, layer: nn.Module) -> Tensor:
+        return self._param(layer).scores.detach()
+
+    def _score_tensors(self) -> list[Tensor]:
+        return [self._param(layer).scores for layer in self.layers.values()]
+
+    def _grads_usable(self) -> bool:
+        """False (and a warning) when no score got a gradient, or one is NaN/Inf (a skipped
+        mixed-precision step): the scores are then left as they are."""
+        grads = [S.grad for S in self._score_tensors()]
+        if all(g is None for g in grads):
+            log.warning("step(): no movement score received a gradient since the last step "
+                        "(call step() after loss.backward() and optimizer.step())")
+            return False
+        if not all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+            log.warning("step(): NaN/Inf score gradients (an overflowed fp16 step?): skipped")
+            for S in self._score_tensors():
+                S.grad = None
+            return False
+        return True
+
+    def _learn(self) -> None:
+        if not self._grads_usable():
+            return
+        with torch.no_grad():
+            for S in self._score_tensors():
+                if S.grad is not None:
+                    S.sub_(S.grad, alpha=self.score_lr)
+                    S.grad = None
+
+
+class SoftMovement(HardMovement):
+    """Soft movement pruning (Sec. 3): M = 1[σ(S) > τ] with the straight-through estimator,
+    and the penalty λ·Σσ(S) (:meth:`penalty`) added to the loss, so the sparsity follows from
+    λ rather than a schedule. Scores start at ``init`` (σ(init) > τ: everything kept) and are
+    learned by Adam at ``score_lr``; masks are recomputed after every step."""
+
+    def __init__(self, lam: float, threshold: float = 0.5, init: float = 1.0,
+                 score_lr: float = 1e-2, skip: Sequence[str] = ()) -> None:
+        super().__init__(Constant(0.0, 0, 1), "layer", score_lr, skip)
+        if not lam >= 0 or not 0 < threshold < 1:
+            raise UsageError(f"lambda {lam!r} must be >= 0 and threshold {threshold!r} in (0, 1)")
+        self.lam, self.threshold, self.init = lam, threshold, init
+        self._score_opt: torch.optim.Optimizer | None = None
+
+    def _make_param(self, weight: Tensor) -> Masked:
+        return ScoredMask(weight.detach(), self.init)
+
+    def penalty(self) -> Tensor:
+        """λ · Σ σ(S) over every scored weight: add it to the loss before ``backward``."""
+        self._require_prepared()
+        return self.lam * sum(torch.sigmoid(S).sum() for S in self._score_tensors())
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        """Adam over the current score tensors (rebuilt, with a warning, if a device move of
+        the model replaced them)."""
+        current = self._score_tensors()
+        if self._score_opt is None or self._score_opt.param_groups[0]["params"][0] is not current[0]:
+            if self._score_opt is not None:
+                log.warning("the model was moved: the score optimizer restarts")
+            self._score_opt = torch.optim.Adam(current, lr=self.score_lr)
+        return self._score_opt
+
+    def _learn(self) -> None:
+        if not self._grads_usable():
+            return
+        opt = self._optimizer()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def _update(self, step: int) -> None:
+        with torch.no_grad():
+            for n, layer in self.layers.items():
+                self._set_mask(n, torch.sigmoid(self._param(layer).scores) > self.threshold)
+
+    def state_dict(self) -> dict[str, Any]:
+        out = super().state_dict()
+        out["score_optimizer"] = self._optimizer().state_dict()
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "score_optimizer" in state:
+            self._optimizer().load_state_dict(state["score_optimizer"])
