@@ -68,3 +68,12 @@ def random_batches(n_batches: int = 2, batch: int = 2, seqlen: int = 16, vocab: 
          "attention_mask": torch.ones(batch, seqlen, dtype=torch.long)}
         for _ in range(n_batches)
     ]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

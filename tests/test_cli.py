@@ -31,13 +31,7 @@ WORDS = ("the model keeps a weight when its score is large and drops it when sma
          "every layer loses half of its inputs while the error of the output stays low").split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _paragraphs(n: int, seed: int = 0) -> list[str]:

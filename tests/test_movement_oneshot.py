@@ -27,13 +27,7 @@ from prunekit.methods.movement import Movement, MovementConfig, movement_prune, 
 from prunekit.patterns import NM, Unstructured
 from test_cli import FAST, _bpe_tokenizer, _error_line, _leftovers
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- hand oracle ----------------------------------------------------------------------------
