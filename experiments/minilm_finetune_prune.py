@@ -11,7 +11,9 @@ batches: ``--steps`` AdamW steps (lr 1e-4, head 1e-3), batch 16, sequences cut t
 ``--seqlen`` tokens, word embeddings frozen (they are not pruned, and updating 11.7 M rows on 2
 cores would double the step time). The sparsifiers prune the 36 Linear layers of the encoder
 (10.6 M weights); embeddings, pooler and head stay dense. GMP and hard movement follow a cubic
-schedule from 0 to the target over steps [10 %, 70 %] of the run, updated every 5 steps;
+schedule from 0 to the target over steps [10 %, 70 %] of the run, updated every 5 steps
+(``hard-S``: scores trained by Adam at lr 1e-2, as in the paper's code; ``hardsgd-S``: scores
+the plain running sum of −(∂L/∂W')·W);
 soft movement's sparsity is whatever its λ gives; 2:4 is chosen from the pretrained weights
 at step 0 and fixed (ASP).
 
@@ -63,7 +65,9 @@ def make_sparsifier(run: str, steps: int, opt) -> Sparsifier | None:
     schedule = Cubic(0.0, float(value), start=steps // 10, end=steps * 7 // 10, frequency=5)
     if kind == "gmp":
         return GradualMagnitude(schedule, scope="layer", optimizer=opt)
-    return HardMovement(schedule, scope="layer")
+    if kind == "hardsgd":  # scores as the plain running sum of −(∂L/∂W')·W
+        return HardMovement(schedule, scope="layer", score_lr=1.0, score_optimizer="sgd")
+    return HardMovement(schedule, scope="layer")  # scores trained by Adam, lr 1e-2
 
 
 def evaluate(model, enc, labels, batch: int = 64) -> tuple[float, float]:

@@ -88,7 +88,7 @@ def test_gmp_masks_only_grow_and_reach_the_target(scope):
 
 @pytest.mark.parametrize("make", [
     lambda opt: GradualMagnitude(Cubic(0.0, 0.6, 0, 6, 2), optimizer=opt),
-    lambda opt: HardMovement(Cubic(0.0, 0.6, 0, 6, 2)),
+    lambda opt: HardMovement(Cubic(0.0, 0.6, 0, 6, 2), score_lr=0.05),
     lambda opt: SoftMovement(lam=1e-2, score_lr=0.05),
     lambda opt: NMSparsifier(NM(2, 4), optimizer=opt),
 ])
@@ -141,7 +141,8 @@ def test_straight_through_gradient_reaches_pruned_scores():
 
 def test_hard_movement_accumulates_and_lets_weights_return():
     model = mlp(3)
-    sp = HardMovement(Constant(0.5, start=1, frequency=1), scope="layer")
+    sp = HardMovement(Constant(0.5, start=1, frequency=1), scope="layer", score_lr=1.0,
+                      score_optimizer="sgd")  # the plain running sum of −(∂L/∂W')·W
     sp.prepare(model)
     assert sp.sparsity() == 0  # nothing is ranked before the scores have learned anything
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -205,6 +206,7 @@ def test_nm_that_does_not_fit_is_a_clear_error():
 @pytest.mark.parametrize("make", [
     lambda: GradualMagnitude(Cubic(0.0, 0.7, 0, 20, 4)),
     lambda: HardMovement(Cubic(0.0, 0.7, 0, 20, 4)),
+    lambda: HardMovement(Cubic(0.0, 0.7, 0, 20, 4), score_lr=1.0, score_optimizer="sgd"),
     lambda: SoftMovement(lam=1e-2, score_lr=0.05),
 ])
 def test_checkpoint_round_trip_resumes_identically(make):

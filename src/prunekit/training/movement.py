@@ -48,25 +48,34 @@ class ScoredMask(Masked):
 
 
 class HardMovement(Sparsifier):
-    """Movement pruning with hard top-k masks (Sec. 3): scores S start at 0 and accumulate
-    S ← S − lr · (∂L/∂W') ⊙ W after every step (lr = 1: the plain running sum of −(∂L/∂W)·W);
-    at each schedule update the mask keeps the top-k scores per row, layer or globally. Pruned
-    weights keep their dense values and come back when their score rises. The schedule must
-    start at sparsity 0: before any step every score is 0 and a ranking would be by position."""
+    """Movement pruning with hard top-k masks (Sec. 3): the straight-through gradient of the
+    scores is g_S = (∂L/∂W') ⊙ W; at each schedule update the mask keeps the top-k scores per
+    row, layer or globally. Pruned weights keep their dense values and come back when their
+    score rises. The schedule must start at sparsity 0: before any step every score is 0 and a
+    ranking would be by position.
+
+    score_optimizer: ``"adam"`` (default, as the paper's released code trains the scores:
+    each score moves by about ``score_lr`` per step in the direction −g_S consistently
+    points, so large weights do not dominate the ranking) or ``"sgd"``: S ← S − score_lr · g_S,
+    the plain running sum of −(∂L/∂W)·W of the paper's first-order analysis (lr = 1).
+    """
 
     hard_zero = False
     parametrization = ScoredMask
 
-    def __init__(self, schedule: Schedule, scope: str = "layer", score_lr: float = 1.0,
-                 skip: Sequence[str] = (), optimizer: torch.optim.Optimizer | None = None) -> None:
+    def __init__(self, schedule: Schedule, scope: str = "layer", score_lr: float = 1e-2,
+                 score_optimizer: str = "adam", skip: Sequence[str] = (),
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
         super().__init__(schedule, scope, skip, optimizer)
-        if not score_lr > 0:
-            raise UsageError(f"score_lr {score_lr!r} must be > 0")
+        if not score_lr > 0 or score_optimizer not in ("adam", "sgd"):
+            raise UsageError(f"score_lr {score_lr!r} must be > 0 and score_optimizer "
+                             f"{score_optimizer!r} 'adam' or 'sgd'")
         if schedule.sparsity(0) > 0:
             raise UsageError(
                 f"movement scores are all 0 before training: the schedule must start at "
                 f"sparsity 0, not {schedule.sparsity(0)} (e.g. Cubic(0.0, final, start=100, ...))")
-        self.score_lr = score_lr
+        self.score_lr, self.score_optimizer = score_lr, score_optimizer
+        self._score_opt: torch.optim.Optimizer | None = None
 
     def scores(self, name: str, layer: nn.Module) -> Tensor:
         return self._param(layer).scores.detach()
@@ -89,46 +98,15 @@ class HardMovement(Sparsifier):
             return False
         return True
 
-    def _learn(self) -> None:
-        if not self._grads_usable():
-            return
-        with torch.no_grad():
-            for S in self._score_tensors():
-                if S.grad is not None:
-                    S.sub_(S.grad, alpha=self.score_lr)
-                    S.grad = None
-
-
-class SoftMovement(HardMovement):
-    """Soft movement pruning (Sec. 3): M = 1[σ(S) > τ] with the straight-through estimator,
-    and the penalty λ·Σσ(S) (:meth:`penalty`) added to the loss, so the sparsity follows from
-    λ rather than a schedule. Scores start at ``init`` (σ(init) > τ: everything kept) and are
-    learned by Adam at ``score_lr``; masks are recomputed after every step."""
-
-    def __init__(self, lam: float, threshold: float = 0.5, init: float = 1.0,
-                 score_lr: float = 1e-2, skip: Sequence[str] = ()) -> None:
-        super().__init__(Constant(0.0, 0, 1), "layer", score_lr, skip)
-        if not lam >= 0 or not 0 < threshold < 1:
-            raise UsageError(f"lambda {lam!r} must be >= 0 and threshold {threshold!r} in (0, 1)")
-        self.lam, self.threshold, self.init = lam, threshold, init
-        self._score_opt: torch.optim.Optimizer | None = None
-
-    def _make_param(self, weight: Tensor) -> Masked:
-        return ScoredMask(weight.detach(), self.init)
-
-    def penalty(self) -> Tensor:
-        """λ · Σ σ(S) over every scored weight: add it to the loss before ``backward``."""
-        self._require_prepared()
-        return self.lam * sum(torch.sigmoid(S).sum() for S in self._score_tensors())
-
     def _optimizer(self) -> torch.optim.Optimizer:
-        """Adam over the current score tensors (rebuilt, with a warning, if a device move of
-        the model replaced them)."""
+        """The score optimizer over the current score tensors (rebuilt, with a warning, if a
+        device move of the model replaced them)."""
         current = self._score_tensors()
         if self._score_opt is None or self._score_opt.param_groups[0]["params"][0] is not current[0]:
             if self._score_opt is not None:
                 log.warning("the model was moved: the score optimizer restarts")
-            self._score_opt = torch.optim.Adam(current, lr=self.score_lr)
+            cls = torch.optim.Adam if self.score_optimizer == "adam" else torch.optim.SGD
+            self._score_opt = cls(current, lr=self.score_lr)
         return self._score_opt
 
     def _learn(self) -> None:
@@ -137,11 +115,6 @@ class SoftMovement(HardMovement):
         opt = self._optimizer()
         opt.step()
         opt.zero_grad(set_to_none=True)
-
-    def _update(self, step: int) -> None:
-        with torch.no_grad():
-            for n, layer in self.layers.items():
-                self._set_mask(n, torch.sigmoid(self._param(layer).scores) > self.threshold)
 
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
@@ -152,3 +125,30 @@ class SoftMovement(HardMovement):
         super().load_state_dict(state)
         if "score_optimizer" in state:
             self._optimizer().load_state_dict(state["score_optimizer"])
+
+
+class SoftMovement(HardMovement):
+    """Soft movement pruning (Sec. 3): M = 1[σ(S) > τ] with the straight-through estimator,
+    and the penalty λ·Σσ(S) (:meth:`penalty`) added to the loss, so the sparsity follows from
+    λ rather than a schedule. Scores start at ``init`` (σ(init) > τ: everything kept) and are
+    learned by Adam at ``score_lr``; masks are recomputed after every step."""
+
+    def __init__(self, lam: float, threshold: float = 0.5, init: float = 1.0,
+                 score_lr: float = 1e-2, skip: Sequence[str] = ()) -> None:
+        super().__init__(Constant(0.0, 0, 1), "layer", score_lr, "adam", skip)
+        if not lam >= 0 or not 0 < threshold < 1:
+            raise UsageError(f"lambda {lam!r} must be >= 0 and threshold {threshold!r} in (0, 1)")
+        self.lam, self.threshold, self.init = lam, threshold, init
+
+    def _make_param(self, weight: Tensor) -> Masked:
+        return ScoredMask(weight.detach(), self.init)
+
+    def penalty(self) -> Tensor:
+        """λ · Σ σ(S) over every scored weight: add it to the loss before ``backward``."""
+        self._require_prepared()
+        return self.lam * sum(torch.sigmoid(S).sum() for S in self._score_tensors())
+
+    def _update(self, step: int) -> None:
+        with torch.no_grad():
+            for n, layer in self.layers.items():
+                self._set_mask(n, torch.sigmoid(self._param(layer).scores) > self.threshold)
