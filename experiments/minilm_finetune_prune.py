@@ -54,6 +54,18 @@ def load(n_labels: int, seed: int):
     return tok, model
 
 
+class RandomPruning(GradualMagnitude):
+    """Control: the same schedule as GMP, ranking by fixed random scores (nested masks)."""
+
+    def scores(self, name: str, layer: nn.Module) -> torch.Tensor:
+        if not hasattr(self, "_random"):
+            self._random = {}
+        if name not in self._random:
+            g = torch.Generator().manual_seed(len(self._random))
+            self._random[name] = torch.rand(self.dense_weight(layer).shape, generator=g)
+        return self._random[name]
+
+
 def make_sparsifier(run: str, steps: int, opt) -> Sparsifier | None:
     if run == "dense":
         return None
@@ -65,6 +77,8 @@ def make_sparsifier(run: str, steps: int, opt) -> Sparsifier | None:
     schedule = Cubic(0.0, float(value), start=steps // 10, end=steps * 7 // 10, frequency=5)
     if kind == "gmp":
         return GradualMagnitude(schedule, scope="layer", optimizer=opt)
+    if kind == "random":  # control: random ranking on the same schedule
+        return RandomPruning(schedule, scope="layer", optimizer=opt)
     if kind == "hardsgd":  # scores as the plain running sum of −(∂L/∂W')·W
         return HardMovement(schedule, scope="layer", score_lr=1.0, score_optimizer="sgd")
     return HardMovement(schedule, scope="layer")  # scores trained by Adam, lr 1e-2
