@@ -75,6 +75,10 @@ def make_sparsifier(run: str, steps: int, opt) -> Sparsifier | None:
     if kind == "soft":
         return SoftMovement(lam=float(value), init=0.5, score_lr=0.05)
     schedule = Cubic(0.0, float(value), start=steps // 10, end=steps * 7 // 10, frequency=5)
+    if kind == "hardwarm":  # scores learn for 30 % of the run before any pruning
+        schedule = Cubic(0.0, float(value), start=steps * 3 // 10, end=steps * 8 // 10,
+                         frequency=5)
+        return HardMovement(schedule, scope="layer")
     if kind == "gmp":
         return GradualMagnitude(schedule, scope="layer", optimizer=opt)
     if kind == "random":  # control: random ranking on the same schedule
