@@ -78,27 +78,16 @@ def check_scope(method: str, pattern: Pattern) -> None:
             )
 
 
-class _AbsWeights(Mapping[str, torch.Tensor]):
-    """|W| of each target layer, computed when asked (no copy of all weights at once)."""
-
-    def __init__(self, layers: Mapping[str, nn.Module]) -> None:
-        self.layers = layers
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return weight_matrix(self.layers[name]).abs()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.layers)
-
-    def __len__(self) -> int:
-        return len(self.layers)
+def _abs_score(_name: str, W: torch.Tensor) -> torch.Tensor:
+    return W.abs()
 
 
 class _LayerScores(Mapping[str, torch.Tensor]):
-    """``score(name, W)`` of each target layer's (out, in) weight W, computed when asked."""
+    """``score(name, W)`` of each target layer's (out, in) weight W (default |W|), computed
+    when asked (no copy of all weights at once)."""
 
     def __init__(self, layers: Mapping[str, nn.Module],
-                 score: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
+                 score: Callable[[str, torch.Tensor], torch.Tensor] = _abs_score) -> None:
         self.layers, self.score = layers, score
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -120,8 +109,7 @@ def layer_patterns(
     check_scope(method, pattern)
     if isinstance(pattern, Unstructured) and pattern.scope == "global":
         targets = adapter.all_targets(model)
-        ranked = _LayerScores(targets, score) if score is not None else _AbsWeights(targets)
-        per_layer = global_patterns(ranked, pattern.sparsity)
+        per_layer = global_patterns(_LayerScores(targets, score or _abs_score), pattern.sparsity)
         return per_layer.__getitem__
     return lambda _name: pattern
 

@@ -153,9 +153,9 @@ def prune_network(model: nn.Module, method: str, sparsity_: float, x: Tensor, y:
         w_new, damping = res.w, res.damping.relative
         extra["predicted_loss"] = float(res.losses.sum())
         extra["damping_tries"] = res.damping.tries
-    write_flat_(model, names, w_new.to(flat_weights(model, names[:1]).dtype))
-    seconds = time.perf_counter() - start
     params = dict(model.named_parameters())
+    write_flat_(model, names, w_new.to(params[names[0]].dtype))
+    seconds = time.perf_counter() - start
     return [
         LayerResult(name=n.removesuffix(".weight"), method=method, pattern=f"{sparsity_:g} network",
                     shape=tuple(params[n].reshape(params[n].shape[0], -1).shape),

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..errors import PatternError
 from ..masks import nm_mask
 from ..patterns import NM
+from .gmp import magnitude_scores
 from .schedules import Constant, OneShot
 from .sparsifier import Sparsifier, find_targets
 
@@ -42,7 +43,7 @@ class NMSparsifier(Sparsifier):
         super().prepare(model, targets)
 
     def scores(self, name: str, layer: nn.Module) -> Tensor:
-        return self.dense_weight(layer).detach().abs()
+        return magnitude_scores(self.dense_weight(layer).detach())
 
     def _update(self, step: int) -> None:
         with torch.no_grad():
