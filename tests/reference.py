@@ -58,3 +58,40 @@ def naive_sparsegpt(W: Tensor, H: Tensor, pattern: Pattern, blocksize: int, rel_
         W[:, j:] -= ((w - q) / Hi[0, 0])[:, None] * Hi[0, :][None, :]
         W[:, j] = q
     return W
+
+
+def naive_gptq(W: Tensor, H: Tensor, spec, rel_damp: float, keep: Tensor | None = None,
+               act_order: bool = False, static_groups: bool = False) -> Tensor:
+    """GPTQ as Frantar et al. (2022) state it (Alg. 1 without lazy batches), with explicit
+    inverses: each column j (in order, or by decreasing H_jj with act-order) is set to its grid
+    point q_j and the remaining columns F get δ = −((w_j − q_j) / [H_F⁻¹]_jj) · H_F⁻¹[j, :].
+    Group grids are fitted from the current weights when the sweep reaches a group's first
+    column; per-channel, static or act-order grids from the original weight. Pruned weights
+    (keep False) are set to 0 and never count towards a grid.
+    """
+    from prunekit.quant.grid import fake_quantize, fit, fit_rows
+
+    W = W.double().clone()
+    H = H.double().clone()
+    rows, c = W.shape
+    keep = torch.ones_like(W, dtype=torch.bool) if keep is None else keep
+    H += rel_damp * H.diagonal().mean() * torch.eye(c, dtype=H.dtype)
+    g = c if spec.group is None else spec.group
+    static = spec.group is None or static_groups or act_order
+    params = fit(W, spec, keep) if static else None
+    order = (torch.argsort(H.diagonal(), descending=True, stable=True) if act_order
+             else torch.arange(c))
+    scale = zero = None
+    for t in range(c):
+        j = int(order[t])
+        F = order[t:]
+        Hi = torch.linalg.inv(H[F][:, F])
+        if static:
+            scale, zero = params.scale[:, j // g], params.zero[:, j // g]
+        elif j % g == 0:
+            scale, zero = fit_rows(W[:, j : j + g], spec, keep[:, j : j + g])
+        w = W[:, j].clone()
+        q = torch.where(keep[:, j], fake_quantize(w, scale, zero, spec.maxq), torch.zeros_like(w))
+        W[:, F] -= ((w - q) / Hi[0, 0])[:, None] * Hi[0, :][None, :]
+        W[:, j] = q
+    return W

@@ -20,6 +20,7 @@ A :class:`ColumnRule` decides the target values: which weights to prune (a mask 
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -36,19 +37,23 @@ class ColumnRule(Protocol):
     columns j..j+period, transposed: cols (period, rows); and d = diag(U)[j:j+period].
     ``fix_(j, w, err)`` fixes column j in place: w (rows,) becomes its target q, and err
     receives w − q (the core then divides it by U_jj).
+    ``align``: further periods (a quantization group) at whose starts the rule reads the
+    columns of the period from the swept tensor; the blocking keeps those columns current.
     """
 
     period: int
+    align: tuple[int, ...]
 
     def begin(self, j: int, cols: Tensor, d: Tensor) -> None: ...
 
     def fix_(self, j: int, w: Tensor, err: Tensor) -> None: ...
 
 
-def inner_size(blocksize: int, period: int, target: int = 16) -> int:
-    """The largest sub-block ≤ max(target, period) that divides ``blocksize`` and is a multiple
-    of a rule ``period`` shorter than the block (so N:M groups never straddle sub-blocks)."""
-    step = period if period < blocksize else 1
+def inner_size(blocksize: int, *periods: int, target: int = 16) -> int:
+    """The largest sub-block ≤ max(target, step) that divides ``blocksize`` and is a multiple
+    of step, the least common multiple of the rule periods shorter than the block (so N:M
+    groups and quantization groups never straddle sub-blocks)."""
+    step = math.lcm(1, *(p for p in periods if p < blocksize))
     best = step if blocksize % step == 0 else blocksize
     for inner in range(step, min(max(target, step), blocksize) + 1, step):
         if blocksize % inner == 0:
@@ -56,14 +61,15 @@ def inner_size(blocksize: int, period: int, target: int = 16) -> int:
     return best
 
 
-def _check_blocking(period: int, blocksize: int, inner: int) -> None:
+def _check_blocking(periods: tuple[int, ...], blocksize: int, inner: int) -> None:
     if blocksize % inner:
         raise ValueError(f"blocksize {blocksize} must be a multiple of inner {inner}")
-    if period % blocksize and inner % period:
-        raise ValueError(
-            f"rule period {period} must be a multiple of blocksize {blocksize} "
-            f"or divide the inner block {inner}"
-        )
+    for period in periods:
+        if period % blocksize and inner % period:
+            raise ValueError(
+                f"rule period {period} must be a multiple of blocksize {blocksize} "
+                f"or divide the inner block {inner}"
+            )
 
 
 def obs_sweep_(
@@ -77,7 +83,7 @@ def obs_sweep_(
     """
     cols, rows = Wt.shape
     inner = min(inner, blocksize)
-    _check_blocking(rule.period, blocksize, inner)
+    _check_blocking((rule.period, *getattr(rule, "align", ())), blocksize, inner)
     losses = torch.zeros(rows, dtype=Wt.dtype, device=Wt.device)
     Err = torch.empty(blocksize, rows, dtype=Wt.dtype, device=Wt.device)  # (B, rows)
     diag = torch.diagonal(U).tolist()  # Python floats: no tensor per column

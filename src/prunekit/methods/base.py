@@ -19,6 +19,8 @@ from ..errors import NumericalError, PatternError, UsageError
 from ..hessian import Damping, HessianAccumulator
 from ..masks import sparsity
 from ..patterns import NM, Pattern
+from ..quant import AFTER_PRUNING
+from ..quant.grid import QuantizedWeight, QuantSpec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -28,9 +30,14 @@ class MethodConfig:
     """Settings shared by every one-shot method.
 
     hessian_dtype: precision of H = 2/N Σ x xᵀ and of the solves ("float32" | "float64").
+    quant: also quantize the kept weights to this grid (``prune ... --bits``); the mask is
+    kept exactly. quant_method: how, for a method that does not quantize in its own sweep:
+    "gptq" after pruning the layer, compensating into kept weights only, or "rtn".
     """
 
     hessian_dtype: str = "float32"
+    quant: QuantSpec | None = None
+    quant_method: str = "gptq"
 
     def __post_init__(self) -> None:
         if self.hessian_dtype not in DTYPES:
@@ -38,6 +45,11 @@ class MethodConfig:
                 f"--hessian-dtype {self.hessian_dtype!r} is not supported: use "
                 f"{' or '.join(sorted(DTYPES))}"
             )
+        if self.quant is not None and not isinstance(self.quant, QuantSpec):
+            raise UsageError(f"quant {self.quant!r} must be a QuantSpec, e.g. QuantSpec(bits=4)")
+        if self.quant_method not in AFTER_PRUNING:
+            raise UsageError(f"--quant-method {self.quant_method!r}: use one of "
+                             f"{', '.join(AFTER_PRUNING)}")
 
 
 @dataclass
@@ -54,6 +66,12 @@ class LayerResult:
     seconds: float
     n_tokens: int
     extra: dict = field(default_factory=dict)
+    quantized: QuantizedWeight | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        """Bits per weight of the quantized codes with their scales; None if not quantized."""
+        return None if self.quantized is None else self.quantized.bits_per_weight()
 
 
 def weight_matrix(layer: nn.Module) -> Tensor:
@@ -121,7 +139,25 @@ class LayerCompressor(ABC):
 
     @abstractmethod
     def solve(self, W: Tensor, H: Tensor) -> tuple[Tensor, Damping | None, dict]:
-        """Return the compressed (out, in) weight, the damping used, and extra figures."""
+        """Return the compressed (out, in) weight, the damping used, and extra figures
+        (``extra["quantized"]``: the :class:`QuantizedWeight` of a method that quantizes)."""
+
+    @classmethod
+    def prepare_group(cls, group: list[LayerCompressor]) -> None:
+        """Called before ``compress`` with the layers of a block that share one input (and
+        one Hessian), e.g. q/k/v: AWQ chooses one input scaling for all of them."""
+
+    def _quantize_after(self, W_new: Tensor, H: Tensor, extra: dict) -> Tensor:
+        """``prune ... --bits``: quantize the pruned weight, keeping its zeros (two-step)."""
+        from ..quant import quantize_kept
+
+        cfg = self.config
+        W_new, extra["quantized"], damp = quantize_kept(
+            W_new, H, cfg.quant, cfg.quant_method, blocksize=getattr(cfg, "blocksize", 128),
+            rel_damp=getattr(cfg, "rel_damp", 0.01), name=self.layer_name)
+        if damp is not None:
+            extra["quant_damping"] = damp
+        return W_new
 
     def compress(self) -> LayerResult:
         """Compress the layer's weight in place and report what it cost."""
@@ -136,6 +172,12 @@ class LayerCompressor(ABC):
                 "saved after a diverged run"
             )
         W_new, damping, extra = self.solve(W, H)
+        if self.config.quant is not None and "quantized" not in extra:
+            W_new = self._quantize_after(W_new, H, extra)
+        quantized = extra.pop("quantized", None)
+        if quantized is not None:
+            extra["bits_per_weight"] = quantized.bits_per_weight()
+            extra["quant"] = str(quantized.spec)
         err = relative_error(W, W_new, H)
         target.copy_(W_new.to(target.dtype))
         return LayerResult(
@@ -149,6 +191,7 @@ class LayerCompressor(ABC):
             seconds=time.perf_counter() - start,
             n_tokens=self.hessian.n_tokens,
             extra=extra,
+            quantized=quantized,
         )
 
     def free(self) -> None:

@@ -19,6 +19,8 @@ from ..errors import PatternError, UsageError
 from ..hessian import Damping, inverse_cholesky_upper
 from ..masks import keep_all_but_lowest, keep_all_but_lowest_in_columns, prune_count
 from ..obs import inner_size, obs_sweep_
+from ..quant.gptq import ColumnQuantizer
+from ..quant.grid import QuantizedWeight, QuantSpec, fit, quantize_weight
 from ..patterns import NM, Pattern, Unstructured
 from .base import LayerCompressor, MethodConfig, register
 
@@ -29,9 +31,12 @@ class SaliencyPruneRule:
     Unstructured: at each block start, prune the block's share of the target count (per row
     for ``scope="row"``, across rows for ``"layer"``), so the total count is exact.
     N:M: every m columns, prune the m−n lowest in each row.
+    ``quantizer`` (joint mode, SparseGPT Sec. 3.5): kept weights are fixed to their grid
+    point in the same sweep, so the error of both is compensated together.
     """
 
-    def __init__(self, pattern: Pattern, cols: int, rows: int, blocksize: int) -> None:
+    def __init__(self, pattern: Pattern, cols: int, rows: int, blocksize: int,
+                 quantizer: ColumnQuantizer | None = None) -> None:
         if isinstance(pattern, Unstructured) and pattern.scope == "global":
             raise PatternError("SparseGPT has no global scope: use row or layer")
         self.pattern = pattern
@@ -39,6 +44,10 @@ class SaliencyPruneRule:
         self.period = pattern.m if isinstance(pattern, NM) else blocksize
         self.j0 = 0
         self.keep = self.drop = torch.empty(0)
+        self.quantizer = quantizer
+        self.align = () if quantizer is None else quantizer.align
+        self.mask_t = None if quantizer is None else torch.ones(
+            cols, rows, dtype=torch.bool, device=quantizer.Wt.device)  # the chosen mask, (in, out)
 
     def _count(self, j: int, p: int) -> int:
         s, scope = self.pattern.sparsity, self.pattern.scope
@@ -59,10 +68,20 @@ class SaliencyPruneRule:
             self.drop = (~keep).reshape(scores.shape).to(cols.dtype)
         self.j0 = j
         self.keep = 1.0 - self.drop  # (p, rows), 1.0 = kept
+        if self.mask_t is not None:
+            self.mask_t[j : j + p] = self.drop == 0
 
     def fix_(self, j: int, w: Tensor, err: Tensor) -> None:
-        torch.mul(w, self.drop[j - self.j0], out=err)  # w − q, with q = w · keep
-        w.mul_(self.keep[j - self.j0])
+        i = j - self.j0
+        if self.quantizer is None:
+            torch.mul(w, self.drop[i], out=err)  # w − q, with q = w · keep
+            w.mul_(self.keep[i])
+            return
+        g = self.quantizer.g  # a group's grid counts only kept weights when its mask is known
+        group_keep = self.keep[i : i + g] > 0 if i + g <= self.keep.shape[0] else None
+        q = self.quantizer.quantize(j, w, group_keep).mul_(self.keep[i])
+        torch.sub(w, q, out=err)
+        w.copy_(q)
 
 
 def sparsegpt_prune(
@@ -76,6 +95,23 @@ def sparsegpt_prune(
     the layer's output on the calibration data: their weights are zeroed (they count towards the
     sparsity and are chosen first) and H_jj = 1 so that the factorisation exists.
     """
+    W_hat, _, loss, damping = _sweep(W, H, pattern, blocksize, rel_damp, name, None)
+    return W_hat, loss, damping
+
+
+def sparsegpt_quantize(
+    W: Tensor, H: Tensor, pattern: Pattern, quant: QuantSpec, blocksize: int = 128,
+    rel_damp: float = 0.01, name: str = "layer",
+) -> tuple[Tensor, QuantizedWeight, Tensor, Damping]:
+    """Joint SparseGPT pruning and quantization in one sweep (SparseGPT, Sec. 3.5): every
+    column is pruned by the adaptive mask and its kept weights rounded to the ``quant`` grid
+    (fitted per group when the sweep reaches it, from kept weights), and the joint error is
+    compensated into later columns. Returns (Ŵ, codes, loss, damping); Ŵ keeps the mask."""
+    return _sweep(W, H, pattern, blocksize, rel_damp, name, quant)
+
+
+def _sweep(W: Tensor, H: Tensor, pattern: Pattern, blocksize: int, rel_damp: float, name: str,
+           quant: QuantSpec | None) -> tuple[Tensor, QuantizedWeight | None, Tensor, Damping]:
     rows, cols = W.shape
     if isinstance(pattern, NM) and blocksize % pattern.m:
         raise PatternError(f"blocksize {blocksize} must be a multiple of m={pattern.m}")
@@ -87,18 +123,28 @@ def sparsegpt_prune(
     Wt = torch.empty(cols, rows, dtype=H.dtype, device=H.device)  # (in, out), never W's storage
     Wt.copy_(W.T)  # column j of W is the contiguous row Wt[j]
     Wt[dead] = 0.0
-    rule = SaliencyPruneRule(pattern, cols, rows, blocksize)
-    losses = obs_sweep_(Wt, U, rule, blocksize=blocksize, inner=inner_size(blocksize, rule.period))
-    return Wt.T, losses.sum(), damping  # (out, in) view: the caller copies it into the layer
+    quantizer = None
+    if quant is not None:  # per-channel grids: fitted before the sweep, from all weights
+        static = fit(Wt.T, quant) if quant.group is None else None
+        quantizer = ColumnQuantizer(quant, Wt, static)
+    rule = SaliencyPruneRule(pattern, cols, rows, blocksize, quantizer)
+    inner = inner_size(blocksize, rule.period, *rule.align)
+    losses = obs_sweep_(Wt, U, rule, blocksize=blocksize, inner=inner)
+    W_hat = Wt.T  # (out, in) view: the caller copies it into the layer
+    qw = None if quantizer is None else quantize_weight(W_hat, quantizer.result(), rule.mask_t.T)
+    return W_hat, qw, losses.sum(), damping
 
 
 @dataclass(frozen=True)
 class SparseGPTConfig(MethodConfig):
     """blocksize: columns per lazy-update block and adaptive-mask block (paper: 128).
-    rel_damp: damping λ = rel_damp · mean(diag H) (paper: 1 %)."""
+    rel_damp: damping λ = rel_damp · mean(diag H) (paper: 1 %).
+    joint: with ``quant`` and quant_method "gptq", quantize in the pruning sweep itself
+    (paper Sec. 3.5); False: prune the layer, then GPTQ it keeping the mask (two-step)."""
 
     blocksize: int = 128
     rel_damp: float = 0.01
+    joint: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,6 +171,10 @@ class SparseGPT(LayerCompressor):
 
     def solve(self, W: Tensor, H: Tensor):
         cfg = self.config
+        if cfg.quant is not None and cfg.joint and cfg.quant_method == "gptq":
+            W_new, qw, loss, damping = sparsegpt_quantize(
+                W, H, self.pattern, cfg.quant, cfg.blocksize, cfg.rel_damp, name=self.layer_name)
+            return W_new, damping, {"obs_loss": float(loss), "quantized": qw}
         W_new, loss, damping = sparsegpt_prune(
             W, H, self.pattern, cfg.blocksize, cfg.rel_damp, name=self.layer_name
         )
