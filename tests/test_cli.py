@@ -227,6 +227,12 @@ BAD = {  # id: (arguments after MODEL, text the error line must contain)
                            "'wanda' has no global scope"),
     "hessian-dtype": (["--sparsity", "0.5", "--hessian-dtype", "float16"], "'float16'"),
     "no-pattern": (["--method", "wanda"], "--sparsity"),
+    "quantizer-as-pruner": (["--method", "gptq", "--sparsity", "0.5"], "prunekit quantize"),
+    "grid-without-bits": (["--sparsity", "0.5", "--asym"], "add --bits"),
+    "two-step-magnitude": (["--method", "magnitude", "--sparsity", "0.5", "--bits", "4",
+                            "--two-step"], "--two-step"),
+    "bits-5": (["--sparsity", "0.5", "--bits", "5"], "--bits"),
+    "group-blocks": (["--sparsity", "0.5", "--bits", "4", "--group", "96"], "--group 96"),
 }
 
 
@@ -437,3 +443,38 @@ def test_bfloat16_model(models, tmp_path, capsys):
         assert int((W.reshape(W.shape[0], -1, 4) != 0).sum(-1).max()) <= 2, name
     report = json.loads((out / prunekit.api.REPORT_FILE).read_text())
     assert report["config"]["hessian_dtype"] == "float32"
+
+
+# --- quantization ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
+def test_quantize_end_to_end(models, tmp_path, capsys, kind, method):
+    out = tmp_path / "q"
+    rc = main(["quantize", str(models[kind]), "--method", method, "--bits", "4", "--group", "16",
+               "--asym", *FAST, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads((out / prunekit.api.REPORT_FILE).read_text())
+    assert report["totals"]["bits_per_weight"] == pytest.approx(4 + 20 / 16)
+    assert all(layer["extra"]["quant"] == "int4 g16 asym" for layer in report["layers"])
+    assert "bits/w" in captured.out and f"{method} dense + int4 g16 asym" in captured.out
+    for name, W in _targets(_load_back(out, kind), kind).items():  # at most 16 levels per group
+        assert max(len(torch.unique(row)) for row in W.reshape(-1, 16)) <= 16, name
+
+
+def test_prune_with_bits_end_to_end(models, tmp_path, capsys):
+    out = tmp_path / "pq"
+    rc = main(["prune", str(models["llama"]), "--pattern", "2:4", "--bits", "4", "--group", "16",
+               *FAST, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "sparsegpt 2:4 + int4 g16 sym" in captured.out and "bits per weight" in captured.out
+    for name, W in _targets(_load_back(out, "llama"), "llama").items():
+        assert int((W.reshape(W.shape[0], -1, 4) != 0).sum(-1).max()) <= 2, name
+        assert max(len(torch.unique(row)) for row in W.reshape(-1, 16)) <= 16, name
+
+
+def test_quantize_bad_group_is_one_line(models, tmp_path, capsys):
+    rc = main(["quantize", str(models["llama"]), "--group", "abc", *FAST])
+    assert rc == 2 and "--group 'abc'" in _error_line(capsys.readouterr().err)

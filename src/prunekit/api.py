@@ -57,9 +57,28 @@ def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> Meth
         raise UsageError(f"method {method!r}: invalid settings {overrides}: {exc}") from None
 
 
-def resolve_pattern(pattern: str | float | Pattern, method: str) -> Pattern:
+def check_kind(method: str, kind: str) -> None:
+    """Raise :class:`UsageError` if ``method`` is not a ``kind`` ("prune" or "quantize")
+    method, naming the command that runs it."""
+    actual = get_method(method).kind
+    if actual != kind:
+        raise UsageError(
+            f"method {method!r} {'quantizes' if actual == 'quantize' else 'prunes'}: run it "
+            f"with `prunekit {actual}` (prunekit.{actual}()); to prune and quantize in one "
+            "pass use `prunekit prune ... --bits 4`"
+        )
+
+
+def resolve_pattern(pattern: str | float | Pattern | None, method: str) -> Pattern | None:
     """A requested pattern; a bare sparsity gets the method's default scope (SparseGPT: layer,
-    its paper's adaptive per-block mask; magnitude and Wanda: row)."""
+    its paper's adaptive per-block mask; magnitude and Wanda: row). Quantizers take none."""
+    if get_method(method).kind == "quantize":
+        if pattern is not None:
+            raise UsageError(f"method {method!r} quantizes and takes no sparsity pattern: prune "
+                             "with `prunekit prune ... --bits` for both")
+        return None
+    if pattern is None:
+        raise UsageError(f"method {method!r} needs a sparsity or pattern, e.g. 0.5 or 2:4")
     if isinstance(pattern, (Unstructured, NM)):
         return check_requested(pattern)
     return parse_pattern(pattern, get_method(method).default_scope)
@@ -252,7 +271,7 @@ def preflight(
 def prune_model(
     model: nn.Module,
     method: str,
-    pattern: Pattern,
+    pattern: Pattern | None,
     batches: Sequence[dict[str, torch.Tensor]],
     *,
     config: MethodConfig | None = None,
@@ -272,7 +291,8 @@ def prune_model(
     """
     cls = get_method(method)
     config = config or cls.config_cls()
-    check_requested(pattern)
+    if pattern is not None or cls.kind == "prune":
+        check_requested(pattern)
     check_base(method, base)
     if not batches:
         raise DataError("the calibration set is empty: pass --samples >= 1 and a non-empty --calib")
@@ -290,6 +310,20 @@ def prune_model(
         return cls(layer, pattern_of(name), config, name, base=base[name])
 
     return run_sequential(model, adapter, batches, make, device=device, progress=progress)
+
+
+def quantize_model(
+    model: nn.Module, method: str, batches: Sequence[dict[str, torch.Tensor]], *,
+    spec: Any = None, config: MethodConfig | None = None, **kwargs: Any,
+) -> list[LayerResult]:
+    """Quantize ``model``'s target layers in place with ``method`` (rtn, gptq, awq) to ``spec``
+    (a :class:`prunekit.quant.QuantSpec`; default int4, groups of 128) on calibration
+    ``batches``; zeros of a pruned model are kept exactly. Each result's ``quantized`` holds
+    the codes. Keywords as :func:`prune_model`."""
+    check_kind(method, "quantize")
+    if config is None:
+        config = make_config(method, {} if spec is None else {"quant": spec})
+    return prune_model(model, method, None, batches, config=config, **kwargs)
 
 
 def check_seqlen(seqlen: int, max_positions: int | None) -> None:
@@ -455,7 +489,8 @@ def run_one(
     t1 = time.perf_counter()
     evaluation = measure(loaded.model) if measure else {}
     return PruneReport(
-        model=loaded.source, method=method, pattern=str(pattern), calibration=calibration_info,
+        model=loaded.source, method=method, pattern="dense" if pattern is None else str(pattern),
+        calibration=calibration_info,
         device=str(device), layers=layers, evaluation=evaluation,
         params_total=sum(p.numel() for p in loaded.model.parameters()),
         config=dataclasses.asdict(cfg),
@@ -463,10 +498,10 @@ def run_one(
     )
 
 
-def prune(
+def compress(
     model: str | LoadedModel,
     method: str = "sparsegpt",
-    pattern: str | float | Pattern = 0.5,
+    pattern: str | float | Pattern | None = 0.5,
     *,
     calib: str = "stdlib",
     samples: int = 128,
@@ -482,7 +517,8 @@ def prune(
     progress: Progress | None = None,
     base: str | LoadedModel | nn.Module | Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[LoadedModel, PruneReport]:
-    """Load ``model``, calibrate on ``calib``, prune it with ``method`` to ``pattern``.
+    """Load ``model``, calibrate on ``calib``, compress it with ``method``: a pruning method to
+    ``pattern`` (with ``config["quant"]`` also quantized), or a quantizer (pattern None).
 
     ``base`` (method ``movement`` only, and required there): the pretrained checkpoint the
     fine-tuned ``model`` came from, as a spec loaded like the model (Hugging Face id, local
@@ -528,6 +564,39 @@ def prune(
     report.seconds = {"load": t_load - t_texts, "calibration_data": t_data - t_load + t_texts - t0,
                       "dense_eval": t_dense - t_data, **report.seconds}
     return loaded, report
+
+
+def prune(model: str | LoadedModel, method: str = "sparsegpt",
+          pattern: str | float | Pattern = 0.5, **kwargs: Any) -> tuple[LoadedModel, PruneReport]:
+    """Prune ``model`` with ``method`` to ``pattern``; see :func:`compress` for the keyword
+    arguments. ``config={"quant": QuantSpec(bits=4)}`` also quantizes the kept weights (joint
+    with SparseGPT, else GPTQ after pruning each layer), keeping the mask exactly."""
+    check_kind(method, "prune")
+    return compress(model, method, pattern, **kwargs)
+
+
+def quantize(model: str | LoadedModel, method: str = "gptq", *, bits: int = 4,
+             group: int | None = 128, symmetric: bool = True, clip: str = "minmax",
+             config: Mapping[str, Any] | MethodConfig | None = None, **kwargs: Any
+             ) -> tuple[LoadedModel, PruneReport]:
+    """Quantize ``model``'s target layers with ``method`` (rtn, gptq, awq) to ``bits`` with
+    ``group`` input columns per scale (None: per output channel). A model that is already
+    pruned keeps its zeros exactly. Other settings go in ``config`` (e.g. act_order=True);
+    calibration and evaluation keywords as :func:`compress`. Returns the model, whose layers
+    hold the dequantized weights (:func:`quantized_weights` gives the codes), and the report."""
+    from .quant import QuantSpec
+
+    check_kind(method, "quantize")
+    if not isinstance(config, MethodConfig):
+        config = make_config(method, {"quant": QuantSpec(bits, group, symmetric, clip),
+                                      **(config or {})})
+    return compress(model, method, None, config=config, **kwargs)
+
+
+def quantized_weights(results: PruneReport | Sequence[LayerResult]) -> dict[str, Any]:
+    """{layer name: QuantizedWeight} of the layers a run (its report or results) quantized."""
+    layers = results.layers if isinstance(results, PruneReport) else results
+    return {r.name: r.quantized for r in layers if r.quantized is not None}
 
 
 def compare(

@@ -74,7 +74,7 @@ def _add_calibration(p: argparse.ArgumentParser, samples: int, seqlen: int,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    methods = sorted(load_builtin_methods())
+    methods = sorted(n for n, c in load_builtin_methods().items() if c.kind == "prune")
     parser = _Parser(
         prog="prunekit", description="Prune PyTorch / Hugging Face models and measure the cost.")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -133,11 +133,87 @@ def build_parser() -> argparse.ArgumentParser:
                         "part of --calib; needed when --calib names a split, NAME@SPLIT)")
     p.add_argument("--quiet", action="store_true", help="no per-layer table")
 
+    _add_quant(p, prune=True)
+
+    q = sub.add_parser("quantize", parents=[common],
+                       help="quantize a model's linear layers (RTN, GPTQ, AWQ); keeps the "
+                            "zeros of a pruned model exactly")
+    q.add_argument("model", help="Hugging Face id, local model folder (pruned or not), or "
+                                 "'minilm' (built-in)")
+    q.add_argument("--method", default="gptq", choices=QUANTIZERS,
+                   help="rtn: round to nearest; gptq: OBS error compensation (default); awq: "
+                        "activation-aware input scaling, then --awq-solver")
+    _add_quant(q, prune=False)
+    _add_calibration(q, samples=128, seqlen=512)
+    q.add_argument("--out", help="output directory (model with the dequantized weights, "
+                                 "tokenizer, prune_report.json)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    q.add_argument("--skip", action="append", default=[], metavar="GLOB",
+                   help="leave layers matching this glob unquantized (repeatable)")
+    q.add_argument("--damp", type=_nonnegative_float, dest="rel_damp",
+                   help="gptq/awq: relative Hessian damping (default 0.01)")
+    q.add_argument("--blocksize", type=_positive, help="gptq: column block size (default 128)")
+    q.add_argument("--hessian-dtype", choices=("float32", "float64"),
+                   help="precision of the Hessian and solves (default float32)")
+    q.add_argument("--act-order", action="store_const", const=True, dest="act_order",
+                   help="gptq: quantize columns by decreasing activation energy (with static "
+                        "groups, so every scale still covers consecutive columns)")
+    q.add_argument("--static-groups", action="store_const", const=True, dest="static_groups",
+                   help="gptq: fit every group's grid before the sweep")
+    q.add_argument("--awq-grid", type=_positive, dest="grid",
+                   help="awq: exponents searched in [0, 1) (default 20)")
+    q.add_argument("--awq-solver", choices=("rtn", "gptq"), dest="solver",
+                   help="awq: how the scaled weights are quantized (default rtn, the paper's)")
+    q.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
+    q.add_argument("--eval-data", metavar="SOURCE",
+                   help="held-out text for the evaluation, like --calib")
+    q.add_argument("--quiet", action="store_true", help="no per-layer table")
+
     d = sub.add_parser("demo", parents=[common], help="prune the built-in MiniLM with every method and compare")
     _add_calibration(d, samples=64, seqlen=128)
 
     sub.add_parser("methods", parents=[common], help="list the registered pruning methods")
     return parser
+
+
+QUANTIZERS = ("rtn", "gptq", "awq")
+
+
+def _add_quant(p: argparse.ArgumentParser, prune: bool) -> None:
+    """The grid flags; on ``prune`` they are off unless --bits is given."""
+    p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=None if prune else 4,
+                   help=("also quantize the kept weights to this many bits, keeping the mask "
+                         "(sparsegpt: in its own sweep; other methods: GPTQ after pruning)")
+                   if prune else "bits per weight (default 4)")
+    p.add_argument("--group", default="128",
+                   help="input columns per scale: 32, 64, 128 (default) ... or 'channel' for one "
+                        "scale per output row")
+    p.add_argument("--asym", action="store_true",
+                   help="asymmetric grid with a zero point (default symmetric)")
+    p.add_argument("--clip", choices=("minmax", "mse"), default="minmax",
+                   help="grid range: the group's min/max (default) or the error-minimising "
+                        "shrink of it")
+    if prune:
+        p.add_argument("--quant-method", choices=("gptq", "rtn"), dest="quant_method",
+                       help="with --bits, for methods other than sparsegpt (and with "
+                            "--two-step): how to quantize after pruning (default gptq)")
+        p.add_argument("--two-step", action="store_const", const=False, dest="joint",
+                       help="sparsegpt with --bits: prune each layer, then GPTQ it keeping the "
+                            "mask, instead of quantizing inside the pruning sweep")
+
+
+def _quant_spec(args: argparse.Namespace):
+    from .quant import QuantSpec, parse_group
+
+    if args.bits is None:
+        given = [flag for flag, on in (("--asym", args.asym), ("--clip", args.clip != "minmax"),
+                                       ("--group", args.group != "128"),
+                                       ("--quant-method", args.quant_method),
+                                       ("--two-step", args.joint is not None)) if on]
+        if given:
+            raise UsageError(f"{given[0]} sets how to quantize: add --bits 4 (or 8, 3, 2)")
+        return None
+    return QuantSpec(args.bits, parse_group(args.group), not args.asym, args.clip)
 
 
 def _progress(desc: str):
@@ -174,7 +250,10 @@ def _pattern(args: argparse.Namespace):
 
 #: Method settings that have a flag: config field -> flag.
 SETTING_FLAGS = {"rel_damp": "--damp", "blocksize": "--blocksize",
-                 "hessian_dtype": "--hessian-dtype", "score": "--movement-score"}
+                 "hessian_dtype": "--hessian-dtype", "score": "--movement-score",
+                 "quant_method": "--quant-method", "joint": "--two-step",
+                 "act_order": "--act-order", "static_groups": "--static-groups",
+                 "grid": "--awq-grid", "solver": "--awq-solver"}
 
 
 #: Settings of the whole-network methods: config field -> flag.
@@ -185,7 +264,7 @@ NETWORK_FLAGS = {"rel_damp": "--damp", "curvature": "--curvature", "k": "--obs-k
 def _network_settings(args: argparse.Namespace) -> NetworkConfig:
     """The whole-network config; layer-method flags are an error, and the reverse."""
     wrong = [flag for key, flag in SETTING_FLAGS.items()
-             if key not in NETWORK_FLAGS and getattr(args, key) is not None]
+             if key not in NETWORK_FLAGS and getattr(args, key, None) is not None]
     if args.method in NETWORK_METHODS:
         if wrong:
             raise UsageError(f"{wrong[0]} does not apply to --method {args.method}")
@@ -204,7 +283,7 @@ def _network_settings(args: argparse.Namespace) -> NetworkConfig:
 
 def _settings(args: argparse.Namespace) -> dict:
     """The method settings given as flags; a flag the method does not have is an error."""
-    given = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None}
     known = {f.name for f in dataclasses.fields(get_method(args.method).config_cls)}
     for key in given:
         if key not in known:
@@ -250,7 +329,12 @@ def cmd_prune_small(args: argparse.Namespace) -> int:
                          "in float64 on the CPU")
     pattern = _pattern(args)
     network = _network_settings(args)
-    config = None if args.method in NETWORK_METHODS else api.make_config(args.method, _settings(args))
+    spec = _quant_spec(args)
+    if spec is not None and args.method in NETWORK_METHODS:
+        raise UsageError(f"--bits does not apply to --method {args.method}: quantize with a "
+                         "layer-wise method (sparsegpt, obs, magnitude, wanda)")
+    config = (None if args.method in NETWORK_METHODS
+              else api.make_config(args.method, {**_settings(args), "quant": spec}))
     if args.out:
         api.check_output(args.out, args.overwrite)
     print(f"training {args.model} on sklearn digits (seed {args.seed}) ...", file=sys.stderr)
@@ -265,9 +349,12 @@ def cmd_prune_small(args: argparse.Namespace) -> int:
 def _print_and_save(args: argparse.Namespace, report, pattern, save) -> int:
     if not args.quiet:
         print(layer_table(report))
-    print(f"{args.method} {pattern}: {report.target_sparsity:.1%} of {report.target_params:,} "
+    print(f"{report.label}: {report.target_sparsity:.1%} of {report.target_params:,} "
           f"target weights pruned ({report.model_sparsity:.1%} of all parameters) in "
           f"{report.seconds['prune']:.1f} s")
+    if report.quantized:
+        print(f"kept weights quantized: {report.bits_per_weight:.3f} bits per weight with "
+              "scales, zeros included (fp16: 16)")
     for line in evaluation_lines(report):
         print(line)
     if args.out:
@@ -288,8 +375,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
             "...); for transformers use --method obs (layer-wise exact OBS) or sparsegpt")
     _network_settings(args)  # --curvature / --obs-k are errors here
     _check_base(args)
+    api.check_kind(args.method, "prune")
     pattern = _pattern(args)
-    config = api.make_config(args.method, _settings(args))
+    spec = _quant_spec(args)
+    settings = _settings(args)
+    if spec is None and "quant_method" in settings:
+        raise UsageError("--quant-method applies with --bits")
+    config = api.make_config(args.method, {**settings, "quant": spec})
     if args.out:
         api.check_output(args.out, args.overwrite)
     samples = 128 if args.samples is None else args.samples
@@ -322,16 +414,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(_args: argparse.Namespace) -> int:
-    print("layer-wise (any model; calibration inputs of each layer):")
-    for name, cls in sorted(load_builtin_methods().items()):
-        print(f"  {name:12s} {cls.description}")
+    methods = sorted(load_builtin_methods().items())
+    print("layer-wise pruning (any model; calibration inputs of each layer):")
+    for name, cls in methods:
+        if cls.kind == "prune":
+            print(f"  {name:12s} {cls.description}")
+    print("quantization (prunekit quantize; pruned models keep their zeros):")
+    for name, cls in methods:
+        if cls.kind == "quantize":
+            print(f"  {name:12s} {cls.description}")
     print("whole-network (digits-mlp, or any small nn.Module from Python; needs labels):")
     for name, text in NETWORK_METHODS.items():
         print(f"  {name:12s} {text}")
     return 0
 
 
-COMMANDS = {"prune": cmd_prune, "demo": cmd_demo, "methods": cmd_methods}
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quant import QuantSpec, parse_group
+
+    spec = QuantSpec(args.bits, parse_group(args.group), not args.asym, args.clip)
+    config = api.make_config(args.method, {**_settings(args), "quant": spec})
+    if args.out:
+        api.check_output(args.out, args.overwrite)
+    loaded, report = api.quantize(
+        args.model, args.method, config=config, calib=args.calib, samples=args.samples,
+        seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed, device=args.device,
+        skip=args.skip, evaluate=not args.no_eval, eval_data=args.eval_data, dtype=args.dtype,
+        progress=_progress(f"{args.method} {spec}"))
+    if not args.quiet:
+        print(layer_table(report))
+    print(f"{report.label}: {len(report.layers)} layers, {report.target_params:,} weights at "
+          f"{report.bits_per_weight:.3f} bits each with scales (fp16: 16), "
+          f"{report.target_sparsity:.1%} zeros kept, in {report.seconds['prune']:.1f} s")
+    for line in evaluation_lines(report):
+        print(line)
+    if args.out:
+        path = api.save_pruned(loaded, report, args.out, args.overwrite)
+        print(f"saved to {path} (report: {path / api.REPORT_FILE})")
+    else:
+        print("not saved: pass --out DIR to keep the quantized model")
+    return 0
+
+
+COMMANDS = {"prune": cmd_prune, "quantize": cmd_quantize, "demo": cmd_demo,
+            "methods": cmd_methods}
 
 
 def _one_line(exc: BaseException) -> str:

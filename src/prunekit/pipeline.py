@@ -171,6 +171,9 @@ def run_sequential(
             with _feeding(block, f"{list_name}.{i}", adapter, make_compressor) as compressors:
                 run_block(block, inputs)
         block_results = []
+        comps = list(compressors.values())
+        if comps:
+            type(comps[0]).prepare_block(comps, adapter.scale_folds(model, block, f"{list_name}.{i}"))
         for c in compressors.values():
             block_results.append(c.compress())
             c.free()

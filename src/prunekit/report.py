@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,29 @@ class PruneReport:
         errs = [r.rel_error for r in self.layers if r.rel_error is not None]
         return sum(errs) / len(errs) if errs else None
 
+    @property
+    def quantized(self) -> bool:
+        return any(r.quantized is not None for r in self.layers)
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        """Mean bits per target weight of the quantized layers' codes and scales (pruned
+        weights counted as stored densely: the formats page says what sparse storage saves)."""
+        layers = [r for r in self.layers if r.quantized is not None]
+        n = sum(r.shape[0] * r.shape[1] for r in layers)
+        return sum(r.bits_per_weight * r.shape[0] * r.shape[1] for r in layers) / n if n else None
+
+    @property
+    def label(self) -> str:
+        """Method, pattern and grid, e.g. 'sparsegpt 0.5 + int4 g128 sym'."""
+        grids = sorted({r.extra["quant"] for r in self.layers if "quant" in r.extra})
+        return " + ".join([f"{self.method} {self.pattern}", *grids])
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        plain = replace(self, layers=[replace(r, quantized=None) for r in self.layers])
+        d = asdict(plain)
+        for layer in d["layers"]:
+            layer.pop("quantized", None)
         d["totals"] = {
             "layers": len(self.layers),
             "target_params": self.target_params,
@@ -55,6 +76,7 @@ class PruneReport:
             "model_sparsity": self.model_sparsity,
             "mean_rel_error": self.mean_rel_error,
             "max_damping": max((r.damping or 0.0 for r in self.layers), default=0.0),
+            "bits_per_weight": self.bits_per_weight,
         }
         return d
 
@@ -69,11 +91,14 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def layer_table(report: PruneReport) -> str:
     """Per-layer table: name, shape, sparsity, relative error, damping, seconds; then totals."""
-    rows = [("layer", "shape", "sparsity", "rel.err", "damp", "sec")]
+    bits = report.quantized
+    rows = [("layer", "shape", "sparsity", *(("bits/w",) if bits else ()), "rel.err", "damp", "sec")]
     for r in report.layers:
         rows.append((r.name, f"{r.shape[0]}x{r.shape[1]}", f"{r.sparsity:.1%}",
+                     *((_fmt(r.bits_per_weight, ".3f"),) if bits else ()),
                      _fmt(r.rel_error, ".4f"), _fmt(r.damping, ".0e"), f"{r.seconds:.3f}"))
     rows.append(("TOTAL", f"{report.target_params:,} w", f"{report.target_sparsity:.1%}",
+                 *((_fmt(report.bits_per_weight, ".3f"),) if bits else ()),
                  _fmt(report.mean_rel_error, ".4f") + " (mean)", "",
                  f"{sum(r.seconds for r in report.layers):.2f}"))
     return _table(rows)
@@ -99,18 +124,18 @@ def report_text(report: PruneReport) -> str:
     cal = report.calibration
     size = (f"{cal.get('samples')} x {cal['seqlen']} tokens" if cal.get("seqlen")
             else f"{cal.get('samples')} samples")
-    head = (f"{report.model}: {report.method} {report.pattern}; calibration {size} "
+    head = (f"{report.model}: {report.label}; calibration {size} "
             f"from {cal.get('source')!r}")
     return "\n".join([head, layer_table(report), *evaluation_lines(report)])
 
 
 def summary_table(reports: list[PruneReport]) -> str:
     """One row per run: method, pattern, sparsity, fidelity or perplexity, error, time."""
-    rows = [("method", "pattern", "sparsity", "cosine", "NN agree", "ppl", "accuracy",
+    rows = [("method", "pattern", "sparsity", "bits/w", "cosine", "NN agree", "ppl", "accuracy",
              "mean rel.err", "prune s")]
     for r in reports:
         ev = r.evaluation
-        rows.append((r.method, r.pattern, f"{r.target_sparsity:.1%}",
+        rows.append((r.method, r.pattern, f"{r.target_sparsity:.1%}", _fmt(r.bits_per_weight, ".2f"),
                      _fmt(ev.get("cosine"), ".4f"), _fmt(ev.get("nn_agreement"), ".1%"),
                      _fmt(ev.get("pruned_ppl"), ".2f"), _fmt(ev.get("pruned_accuracy"), ".2%"),
                      _fmt(r.mean_rel_error, ".4f"),

@@ -47,6 +47,10 @@ class MethodConfig:
             )
         if self.quant is not None and not isinstance(self.quant, QuantSpec):
             raise UsageError(f"quant {self.quant!r} must be a QuantSpec, e.g. QuantSpec(bits=4)")
+        group, blocksize = getattr(self.quant, "group", None), getattr(self, "blocksize", 128)
+        if group is not None and group % blocksize and blocksize % group:
+            raise UsageError(f"--group {group} and --blocksize {blocksize}: one must divide the "
+                             f"other (e.g. --group 128, or --blocksize {group})")
         if self.quant_method not in AFTER_PRUNING:
             raise UsageError(f"--quant-method {self.quant_method!r}: use one of "
                              f"{', '.join(AFTER_PRUNING)}")
@@ -102,6 +106,7 @@ class LayerCompressor(ABC):
     """
 
     name: ClassVar[str]
+    kind: ClassVar[str] = "prune"  # or "quantize": reached by `prunekit quantize`
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     supports_global: ClassVar[bool] = False
     default_scope: ClassVar[str] = "row"  # scope of an unstructured sparsity given as a number
@@ -143,9 +148,11 @@ class LayerCompressor(ABC):
         (``extra["quantized"]``: the :class:`QuantizedWeight` of a method that quantizes)."""
 
     @classmethod
-    def prepare_group(cls, group: list[LayerCompressor]) -> None:
-        """Called before ``compress`` with the layers of a block that share one input (and
-        one Hessian), e.g. q/k/v: AWQ chooses one input scaling for all of them."""
+    def prepare_block(cls, comps: list[LayerCompressor],
+                      folds: list[tuple[nn.Module, list[str]]]) -> None:
+        """Called once per block, after its statistics and before any ``compress``, with the
+        block's compressors and the places where an input scale of some of them can be folded
+        into the operation producing their input (AWQ searches and folds its scales here)."""
 
     def _quantize_after(self, W_new: Tensor, H: Tensor, extra: dict) -> Tensor:
         """``prune ... --bits``: quantize the pruned weight, keeping its zeros (two-step)."""

@@ -173,6 +173,17 @@ class QuantParams:
         idx = torch.arange(cols, device=self.scale.device) // g
         return self.scale[:, idx], self.zero[:, idx]
 
+    def apply(self, f, W: Tensor) -> Tensor:
+        """f(W, scale, zero) with the grids broadcast over each group's columns: a (rows,
+        groups, g) view when the groups are whole, else expanded columns. W: (rows, cols)."""
+        rows, cols = W.shape
+        g = self.spec.group_size(cols)
+        if cols % g == 0:
+            out = f(W.reshape(rows, cols // g, g), self.scale[:, :, None], self.zero[:, :, None])
+            return out.reshape(rows, cols)
+        scale, zero = self.columns(cols)
+        return f(W, scale, zero)
+
 
 def fit(W: Tensor, spec: QuantSpec, keep: Tensor | None = None) -> QuantParams:
     """Grids of every row and group of W (rows, cols) from its current values (kept ones)."""
@@ -215,8 +226,7 @@ class QuantizedWeight:
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The dense weight Ŵ (out, in) these codes stand for."""
         params = QuantParams(self.scale, self.zero, self.spec)
-        scale, zero = params.columns(self.codes.shape[1])
-        W = dequantize(self.codes.to(scale.dtype), scale, zero)
+        W = params.apply(dequantize, self.codes.to(self.scale.dtype))
         if self.input_scale is not None:
             W = W / self.input_scale.to(W.dtype)
         return W.to(dtype)
@@ -229,10 +239,10 @@ def quantize_weight(W: Tensor, params: QuantParams, keep: Tensor | None = None,
                     input_scale: Tensor | None = None) -> QuantizedWeight:
     """Codes of W on ``params`` (W already on the grid after GPTQ: the codes are exact);
     pruned entries (``keep`` False) get the zero point, so they dequantize to exactly 0."""
-    scale, zero = params.columns(W.shape[1])
-    q = codes(W.to(scale.dtype), scale, zero, params.spec.maxq)
-    if keep is not None:
-        q = torch.where(keep, q, zero)
+    maxq = params.spec.maxq
+    q = params.apply(lambda x, s, z: codes(x, s, z, maxq), W.to(params.scale.dtype))
+    if keep is not None:  # the zero point: exactly 0 after dequantization
+        q = torch.where(keep, q, params.apply(lambda x, s, z: z.expand_as(x), q))
     return QuantizedWeight(q.to(torch.uint8), params.scale, params.zero, params.spec,
                            keep=keep, input_scale=input_scale)
 
