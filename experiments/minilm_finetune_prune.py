@@ -13,7 +13,9 @@ cores would double the step time). The sparsifiers prune the 36 Linear layers of
 (10.6 M weights); embeddings, pooler and head stay dense. GMP and hard movement follow a cubic
 schedule from 0 to the target over steps [10 %, 70 %] of the run, updated every 5 steps
 (``hard-S``: scores trained by Adam at lr 1e-2, as in the paper's code; ``hardsgd-S``: scores
-the plain running sum of −(∂L/∂W')·W);
+the plain running sum of −(∂L/∂W')·W; ``hardstep-S``: masks recomputed after every step, as
+the paper's code does; ``hardwarm-S``: pruning from 30 % to 80 % of the run; ``random-S``: a
+control that ranks by fixed random scores on GMP's schedule);
 soft movement's sparsity is whatever its λ gives; 2:4 is chosen from the pretrained weights
 at step 0 and fixed (ASP).
 
@@ -75,6 +77,9 @@ def make_sparsifier(run: str, steps: int, opt) -> Sparsifier | None:
     if kind == "soft":
         return SoftMovement(lam=float(value), init=0.5, score_lr=0.05)
     schedule = Cubic(0.0, float(value), start=steps // 10, end=steps * 7 // 10, frequency=5)
+    if kind == "hardstep":  # masks recomputed after every step, as in the paper's code
+        return HardMovement(Cubic(0.0, float(value), start=steps // 10, end=steps * 7 // 10,
+                                  frequency=1), scope="layer")
     if kind == "hardwarm":  # scores learn for 30 % of the run before any pruning
         schedule = Cubic(0.0, float(value), start=steps * 3 // 10, end=steps * 8 // 10,
                          frequency=5)

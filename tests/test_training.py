@@ -157,6 +157,23 @@ def test_hard_movement_accumulates_and_lets_weights_return():
     assert sp.sparsity() == pytest.approx(0.5, abs=0.01)
 
 
+def test_hard_movement_adam_masks_do_not_depend_on_the_score_lr():
+    """Scores start at 0 and Adam's step is lr · m̂/(√v̂ + ε): every score scales with the lr,
+    so the top-k ranking, the masks and the whole training run are the same for any lr (up to
+    ε). Tuning the score lr is no remedy for a bad movement ranking (docs/training.md)."""
+    runs = []
+    for lr in (1e-3, 1e-2, 1e-1):
+        model = mlp(5)
+        sp = HardMovement(Cubic(0.0, 0.75, 2, 20, 3), scope="layer", score_lr=lr)
+        sp.prepare(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        train_steps(model, sp, opt, 25)
+        runs.append((sp.masks(), sp.layers["0"].parametrizations.weight[0].scores.detach() / lr))
+    for masks, scores in runs[1:]:
+        assert all(torch.equal(masks[n], runs[0][0][n]) for n in masks)
+        assert torch.allclose(scores, runs[0][1], rtol=1e-3, atol=1e-3)
+
+
 def test_soft_movement_sparsity_rises_with_lambda():
     levels = []
     for lam in (0.0, 3e-3, 3e-2):
