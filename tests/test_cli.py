@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+import prunekit
 import prunekit.api
 import prunekit.cli
 import prunekit.models.loaders
@@ -81,8 +82,14 @@ def _targets(model: nn.Module, kind: str) -> dict[str, torch.Tensor]:
 
 
 def _load_back(out: Path, kind: str) -> nn.Module:
+    """A --out folder read back: a prunekit checkpoint by prunekit.load (with its tokenizer),
+    a --format hf folder by transformers."""
     import transformers as tf
 
+    if (out / "prunekit.json").exists():
+        loaded = prunekit.load(out)
+        assert loaded.tokenizer is not None
+        return loaded.model
     auto = tf.AutoModelForCausalLM if kind == "llama" else tf.AutoModel
     tf.AutoTokenizer.from_pretrained(out)
     return auto.from_pretrained(out)
@@ -312,18 +319,27 @@ def _failing_save(self, save_directory, *args, **kwargs):
     raise OSError(28, "No space left on device")
 
 
+def _failing_save_file(tensors, filename, metadata=None):
+    """safetensors' save_file that writes half a file, then runs out of disk."""
+    Path(filename).write_bytes(b"half a checkpoint")
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("fmt", ["prunekit", "hf"])
 @pytest.mark.parametrize("existing", [False, True], ids=["new", "overwrite"])
 def test_failure_while_saving_leaves_no_partial_output(models, tmp_path, capsys, monkeypatch,
-                                                       existing):
+                                                       existing, fmt):
+    import safetensors.torch
     import transformers
 
     monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", _failing_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", _failing_save_file)
     out = tmp_path / "out"
     if existing:
         out.mkdir()
         (out / "keep.txt").write_text("mine")
     rc = main(["prune", str(models["llama"]), "--method", "magnitude", "--sparsity", "0.5",
-               *FAST, "--no-eval", "--quiet", "--out", str(out), "--overwrite"])
+               *FAST, "--no-eval", "--quiet", "--out", str(out), "--overwrite", "--format", fmt])
     captured = capsys.readouterr()
     assert rc == 2
     line = _error_line(captured.err)

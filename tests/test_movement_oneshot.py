@@ -239,6 +239,8 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 def _load(folder: Path) -> nn.Module:
     import transformers as tf
 
+    if (folder / "prunekit.json").exists():  # a --out folder
+        return prunekit.load(folder).model
     return tf.AutoModelForCausalLM.from_pretrained(folder).eval()
 
 

@@ -187,6 +187,54 @@ def test_soft_movement_sparsity_rises_with_lambda():
     assert levels[2] > 0.5
 
 
+def scores_of(sp):
+    return [layer.parametrizations.weight[0].scores for layer in sp.layers.values()]
+
+
+def test_soft_movement_lambda_warm_up_follows_the_schedule():
+    ramp = Cubic(0.0, 0.9, start=4, end=12, frequency=1)
+    runs = {}
+    for name, kwargs in (("ramp", dict(lam=1e-1, lam_schedule=ramp)), ("none", dict(lam=0.0))):
+        model = mlp(7)
+        sp = SoftMovement(score_lr=0.05, **kwargs)
+        sp.prepare(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        lams, trace = [], []
+        for t in range(16):
+            total = sum(torch.sigmoid(S.detach()).sum() for S in scores_of(sp))
+            assert float(sp.penalty().detach()) == pytest.approx(sp.current_lambda() * float(total))
+            lams.append(sp.current_lambda())
+            train_steps(model, sp, opt, 1, penalty=True)
+            trace.append([S.detach().clone() for S in scores_of(sp)])
+        runs[name] = lams, trace
+    lams, trace = runs["ramp"]
+    # λ_t = λ · s_t / s_f: nothing until the ramp starts, a cubic rise, the full λ at its end
+    assert lams[:5] == [0.0] * 5
+    assert all(a < b for a, b in zip(lams[4:13], lams[5:13]))
+    assert lams[8] == pytest.approx(1e-1 * (1 - 0.5**3)) and lams[12:] == [1e-1] * 4
+    # before the ramp the scores move exactly as without any penalty, afterwards they do not
+    for t in range(5):
+        assert all(torch.equal(a, b) for a, b in zip(trace[t], runs["none"][1][t]))
+    assert not all(torch.equal(a, b) for a, b in zip(trace[-1], runs["none"][1][-1]))
+
+
+def test_soft_movement_lambda_schedule_errors():
+    with pytest.raises(UsageError, match="Schedule"):
+        SoftMovement(lam=1e-2, lam_schedule=0.5)
+    with pytest.raises(UsageError, match="s_f > 0"):
+        SoftMovement(lam=1e-2, lam_schedule=Constant(0.0))
+    sp = SoftMovement(lam=1e-2, lam_schedule=Cubic(0.0, 0.9, 2, 10, 1))
+    sp.prepare(mlp())
+    state = sp.state_dict()
+    assert state["penalty"]["lam_schedule"]["type"] == "Cubic"
+    for other in (SoftMovement(lam=1e-2),
+                  SoftMovement(lam=2e-2, lam_schedule=Cubic(0.0, 0.9, 2, 10, 1)),
+                  SoftMovement(lam=1e-2, lam_schedule=Cubic(0.0, 0.9, 3, 10, 1))):
+        other.prepare(mlp())
+        with pytest.raises(UsageError, match="same lam and lam_schedule"):
+            other.load_state_dict(state)
+
+
 # --- N:M --------------------------------------------------------------------------------------
 
 
@@ -225,6 +273,7 @@ def test_nm_that_does_not_fit_is_a_clear_error():
     lambda: HardMovement(Cubic(0.0, 0.7, 0, 20, 4)),
     lambda: HardMovement(Cubic(0.0, 0.7, 0, 20, 4), score_lr=1.0, score_optimizer="sgd"),
     lambda: SoftMovement(lam=1e-2, score_lr=0.05),
+    lambda: SoftMovement(lam=1e-1, score_lr=0.05, lam_schedule=Cubic(0.0, 0.5, 3, 14, 1)),
 ])
 def test_checkpoint_round_trip_resumes_identically(make):
     soft = isinstance(make(), SoftMovement)

@@ -686,16 +686,66 @@ def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
     return path
 
 
+SAVE_FORMATS = ("prunekit", "hf")
+
+
 def save_pruned(loaded: LoadedModel, report: PruneReport, out: str | os.PathLike,
-                overwrite: bool = False) -> Path:
-    """Write model, tokenizer and ``prune_report.json`` to ``out`` atomically (see
-    :func:`write_output`)."""
+                overwrite: bool = False, fmt: str = "prunekit", tensor_format: str = "auto",
+                ) -> Path:
+    """Write the model, its tokenizer and ``prune_report.json`` to ``out`` atomically (see
+    :func:`write_output`): by default as a prunekit checkpoint (each tensor in its smallest
+    exact format, quantized layers as integer codes; :func:`load` reads it), or with
+    ``fmt="hf"`` as a plain dense ``save_pretrained`` folder."""
+    from .formats.checkpoint import write_checkpoint
+
+    if fmt not in SAVE_FORMATS:
+        raise UsageError(f"--format {fmt!r}: use one of {', '.join(SAVE_FORMATS)}")
 
     def write(tmp: Path) -> None:
-        loaded.model.save_pretrained(tmp)
-        loaded.tokenizer.save_pretrained(tmp)
+        if fmt == "hf":
+            loaded.model.save_pretrained(tmp)
+            loaded.tokenizer.save_pretrained(tmp)
+            return
+        write_checkpoint(tmp, loaded.model, quantized=quantized_weights(report),
+                         tokenizer=loaded.tokenizer, report=report.to_dict(),
+                         tensor_format=tensor_format,
+                         provenance={"source": loaded.source, "method": report.label})
+        _chmod_files(tmp)
 
     return write_output(report, out, overwrite, write)
+
+
+def _chmod_files(folder: Path) -> None:
+    for f in folder.iterdir():  # safetensors creates 0600; ordinary files
+        if f.is_file():
+            f.chmod(0o666 & ~_umask())
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None, dtype: str | None = None
+         ) -> LoadedModel | nn.Module:
+    """Rebuild a model saved by prunekit: a :class:`LoadedModel` for a Hugging Face model (with
+    its tokenizer), the module for a plain one (``model``: an instance to load into, needed
+    for a plain class without a builder). Weights equal the saved ones bit for bit; ``dtype``
+    converts them afterwards. Raises :class:`ModelError` on a corrupt, truncated, foreign or
+    newer checkpoint."""
+    from .formats.checkpoint import build_model, load_state_into, read_manifest, read_state
+
+    folder = Path(path).expanduser()
+    manifest = read_manifest(folder)
+    state = read_state(folder, manifest)
+    module = load_state_into(build_model(folder, manifest, model), state)
+    if dtype is not None:
+        module.to(model_dtype(dtype))
+    if manifest["model"].get("kind") != "hf" or model is not None:
+        return module
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError):
+        tokenizer = None
+    return LoadedModel(model=module, tokenizer=tokenizer, source=str(path),
+                       kind=manifest["model"].get("task", "encoder"))
 
 
 def write_output(report: PruneReport, out: str | os.PathLike, overwrite: bool,
@@ -889,13 +939,14 @@ def prune_small(
 
 
 def save_module(model: nn.Module, report: PruneReport, out: str | os.PathLike,
-                overwrite: bool = False) -> Path:
-    """Write a plain module's state dict (``model.safetensors``) and its report, atomically."""
-    from safetensors.torch import save_file
+                overwrite: bool = False, builder: str | None = None) -> Path:
+    """Write a plain module as a prunekit checkpoint with its report, atomically; ``builder``
+    (e.g. 'digits-mlp:128') lets :func:`load` rebuild it without an instance."""
+    from .formats.checkpoint import write_checkpoint
 
     def write(tmp: Path) -> None:
-        file = tmp / "model.safetensors"
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(file))
-        file.chmod(0o666 & ~_umask())  # safetensors creates 0600; an ordinary file
+        write_checkpoint(tmp, model, quantized=quantized_weights(report), report=report.to_dict(),
+                         builder=builder)
+        _chmod_files(tmp)
 
     return write_output(report, out, overwrite, write)

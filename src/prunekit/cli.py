@@ -17,7 +17,7 @@ from .errors import PrunekitError, UsageError
 from .methods import get_method, load_builtin_methods
 from .network import CURVATURES, NETWORK_METHODS, NetworkConfig
 from .patterns import NM, parse_pattern
-from .report import evaluation_lines, layer_table, summary_table
+from .report import evaluation_lines, inspect_table, layer_table, summary_table
 
 DEMO_RUNS = [(m, p) for p in ("0.5", "2:4") for m in ("magnitude", "wanda", "sparsegpt")]
 
@@ -168,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--eval-data", metavar="SOURCE",
                    help="held-out text for the evaluation, like --calib")
     q.add_argument("--quiet", action="store_true", help="no per-layer table")
+
+    for sp in (p, q):
+        sp.add_argument("--format", choices=("prunekit", "hf"), default="prunekit", dest="fmt",
+                        help="--out as a prunekit checkpoint (default: every tensor in its "
+                             "smallest exact format, integer codes for quantized layers; "
+                             "prunekit.load reads it) or 'hf', a dense save_pretrained folder")
+
+    i = sub.add_parser("inspect", parents=[common],
+                       help="what a prunekit checkpoint stores: formats, sparsity, bytes")
+    i.add_argument("path", help="a folder written by prunekit prune/quantize --out")
+    i.add_argument("--totals", action="store_true", help="only the totals line")
+    i.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     d = sub.add_parser("demo", parents=[common], help="prune the built-in MiniLM with every method and compare")
     _add_calibration(d, samples=64, seqlen=128)
@@ -322,7 +334,7 @@ def cmd_prune_small(args: argparse.Namespace) -> int:
         ("--calib", args.calib != "stdlib"), ("--eval-data", args.eval_data),
         ("--skip", args.skip), ("--device", args.device != "cpu"),
         ("--dtype", args.dtype != "float32"), ("--seqlen", args.seqlen is not None),
-        ("--batch-size", args.batch_size is not None)) if bad]
+        ("--batch-size", args.batch_size is not None), ("--format hf", args.fmt == "hf")) if bad]
     if given:
         raise UsageError(f"{given[0]} does not apply to {args.model}: it is calibrated on "
                          "(--samples of) the digits training split and tested on its test split, "
@@ -343,7 +355,8 @@ def cmd_prune_small(args: argparse.Namespace) -> int:
         network_config=network if args.method in NETWORK_METHODS else None,
         evaluate=not args.no_eval)
     return _print_and_save(args, report, pattern,
-                           lambda out: api.save_module(model, report, out, args.overwrite))
+                           lambda out: api.save_module(model, report, out, args.overwrite,
+                                                       builder=args.model))
 
 
 def _print_and_save(args: argparse.Namespace, report, pattern, save) -> int:
@@ -360,6 +373,7 @@ def _print_and_save(args: argparse.Namespace, report, pattern, save) -> int:
     if args.out:
         path = save(args.out)
         print(f"saved to {path} (report: {path / api.REPORT_FILE})")
+        _print_size(path)
     else:
         print("not saved: pass --out DIR to keep the pruned model")
     return 0
@@ -393,7 +407,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         dtype=args.dtype, base=args.base,
         progress=_progress(f"{args.method} {pattern}"))
     return _print_and_save(args, report, pattern,
-                           lambda out: api.save_pruned(loaded, report, out, args.overwrite))
+                           lambda out: api.save_pruned(loaded, report, out, args.overwrite,
+                                                       fmt=args.fmt))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -449,15 +464,33 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     for line in evaluation_lines(report):
         print(line)
     if args.out:
-        path = api.save_pruned(loaded, report, args.out, args.overwrite)
+        path = api.save_pruned(loaded, report, args.out, args.overwrite, fmt=args.fmt)
         print(f"saved to {path} (report: {path / api.REPORT_FILE})")
+        _print_size(path)
     else:
         print("not saved: pass --out DIR to keep the quantized model")
     return 0
 
 
-COMMANDS = {"prune": cmd_prune, "quantize": cmd_quantize, "demo": cmd_demo,
-            "methods": cmd_methods}
+def _print_size(path) -> None:
+    from .formats.checkpoint import inspect_checkpoint, is_checkpoint
+
+    if is_checkpoint(path):
+        print(inspect_table(inspect_checkpoint(path), tensors=False))
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .formats.checkpoint import inspect_checkpoint
+
+    info = inspect_checkpoint(args.path)
+    print(json.dumps(info, indent=1) if args.json else inspect_table(info, not args.totals))
+    return 0
+
+
+COMMANDS = {"prune": cmd_prune, "quantize": cmd_quantize, "inspect": cmd_inspect,
+            "demo": cmd_demo, "methods": cmd_methods}
 
 
 def _one_line(exc: BaseException) -> str:

@@ -153,3 +153,23 @@ def _table(rows: list[tuple[str, ...]]) -> str:
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def inspect_table(info: dict[str, Any], tensors: bool = True) -> str:
+    """``prunekit inspect``: per tensor format, sparsity, bits per value, bytes; then totals
+    and the ratios to dense float16 and float32, from the real file sizes."""
+    out = []
+    if tensors:
+        rows = [("tensor", "format", "shape", "sparsity", "bits/value", "bytes")]
+        for t in info["tensors"]:
+            shape = "x".join(map(str, t["shape"])) if t["shape"] else ""
+            rows.append((t["name"], t["format"], shape, _fmt(t["sparsity"], ".1%"),
+                         _fmt(t["bits_per_value"], ".3f"), f"{t['bytes']:,}"))
+        out.append(_table(rows))
+    tot = info["totals"]
+    files = ", ".join(f"{name} {size:,} B" for name, size in info["files"].items())
+    out.append(f"{info['path']}: {tot['values']:,} values, {tot['sparsity']:.1%} zeros, "
+               f"{tot['bytes']:,} bytes on disk ({files}) = {tot['bits_per_value']:.3f} bits per "
+               f"value; {tot['ratio_fp16']:.2f}x smaller than dense fp16 "
+               f"({tot['dense_fp16_bytes']:,} B), {tot['ratio_fp32']:.2f}x than fp32")
+    return "\n".join(out)

@@ -72,6 +72,13 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     path, local = resolve_model(spec)
+    if local and os.path.isfile(os.path.join(path, "prunekit.json")):  # a prunekit checkpoint
+        from ..api import load
+
+        loaded = load(path)
+        loaded.model.to(dtype)
+        loaded.source = spec
+        return loaded
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=local)
         kind = model_kind(config)

@@ -7,6 +7,7 @@ Short names: W the dense weight, M the mask, S the scores, W' = W ⊙ M what the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,6 +26,18 @@ def straight_through_scores(W: Tensor, M: Tensor, S: Tensor) -> Tensor:
     """W ⊙ M in value (exactly: the second term is W · 0), with ∂/∂S = W for every weight, kept
     or pruned (Sanh et al. 2020, Sec. 3, the straight-through estimator)."""
     return W * M.to(W.dtype) + W * (S - S.detach()).to(W.dtype)
+
+
+def ramped_lambda(lam: float, schedule: Schedule | None, step: int) -> float:
+    """λ_t = λ · s_t / s_f: the soft-movement penalty weight at optimizer step ``step`` when it
+    is warmed up with a sparsity schedule (s_t = ``schedule.sparsity(step)``, s_f =
+    ``schedule.final``); λ itself without a schedule. With ``Cubic(0, s_f, start, end)`` this is
+    0 until ``start``, rises as 1 − (1 − (t − start)/(end − start))³ and is λ from ``end`` on:
+    the warm-up of Sanh et al. (2020)'s released code, where the regularisation weight is the
+    final λ times the cubic threshold schedule's value over its final value."""
+    if schedule is None:
+        return lam
+    return lam * schedule.sparsity(step) / schedule.final
 
 
 class ScoredMask(Masked):
@@ -131,24 +144,72 @@ class SoftMovement(HardMovement):
     """Soft movement pruning (Sec. 3): M = 1[σ(S) > τ] with the straight-through estimator,
     and the penalty λ·Σσ(S) (:meth:`penalty`) added to the loss, so the sparsity follows from
     λ rather than a schedule. Scores start at ``init`` (σ(init) > τ: everything kept) and are
-    learned by Adam at ``score_lr``; masks are recomputed after every step."""
+    learned by Adam at ``score_lr``; masks are recomputed after every step.
+
+    lam_schedule: optional warm-up of λ. The penalty at optimizer step t (the number of
+    ``step()`` calls so far) is weighted by λ_t = λ · s_t / s_f (:func:`ramped_lambda`), s_t
+    the schedule's sparsity at t and s_f its final one: with ``Cubic(0.0, s_f, start, end)`` no
+    penalty before ``start``, the full λ from ``end`` on, a cubic rise in between (s_f itself
+    only sets the scale and cancels). This follows Sanh et al. (2020)'s reference
+    implementation, which warms the regularisation weight up with its cubic threshold
+    schedule rather than applying the final λ from the first step. (That code also ramps τ
+    itself from 0; here τ stays fixed.) The schedule is part of the configuration: the
+    sparsifier's :meth:`state_dict` records λ and the schedule, and loading a checkpoint made
+    with others is an error, so a resumed run follows the same λ_t.
+    """
 
     def __init__(self, lam: float, threshold: float = 0.5, init: float = 1.0,
-                 score_lr: float = 1e-2, skip: Sequence[str] = ()) -> None:
+                 score_lr: float = 1e-2, skip: Sequence[str] = (),
+                 lam_schedule: Schedule | None = None) -> None:
         super().__init__(Constant(0.0, 0, 1), "layer", score_lr, "adam", skip)
         if not lam >= 0 or not 0 < threshold < 1:
             raise UsageError(f"lambda {lam!r} must be >= 0 and threshold {threshold!r} in (0, 1)")
+        if lam_schedule is not None:
+            if not isinstance(lam_schedule, Schedule):
+                raise UsageError(f"lam_schedule must be a Schedule (e.g. Cubic(0.0, 0.9, start, "
+                                 f"end)), not {type(lam_schedule).__name__}")
+            if not lam_schedule.final > 0:
+                raise UsageError(f"lam_schedule {lam_schedule} ends at sparsity "
+                                 f"{lam_schedule.final}: λ_t = λ·s_t/s_f needs s_f > 0")
         self.lam, self.threshold, self.init = lam, threshold, init
+        self.lam_schedule = lam_schedule
 
     def _make_param(self, weight: Tensor) -> Masked:
         return ScoredMask(weight.detach(), self.init)
 
+    def current_lambda(self) -> float:
+        """λ_t for the coming optimizer step (t = the number of ``step()`` calls so far)."""
+        return ramped_lambda(self.lam, self.lam_schedule, self.step_count)
+
     def penalty(self) -> Tensor:
-        """λ · Σ σ(S) over every scored weight: add it to the loss before ``backward``."""
+        """λ_t · Σ σ(S) over every scored weight: add it to the loss before ``backward``
+        (λ_t = λ without ``lam_schedule``; 0 times the sum, still differentiable, before the
+        ramp starts)."""
         self._require_prepared()
-        return self.lam * sum(torch.sigmoid(S).sum() for S in self._score_tensors())
+        return self.current_lambda() * sum(torch.sigmoid(S).sum()
+                                           for S in self._score_tensors())
 
     def _update(self, step: int) -> None:
         with torch.no_grad():
             for n, layer in self.layers.items():
                 self._set_mask(n, torch.sigmoid(self._param(layer).scores) > self.threshold)
+
+    def _penalty_config(self) -> dict[str, Any]:
+        ramp = self.lam_schedule
+        if ramp is None:
+            return {"lam": self.lam, "lam_schedule": None}
+        fields = dataclasses.asdict(ramp) if dataclasses.is_dataclass(ramp) else {}
+        return {"lam": self.lam, "lam_schedule": {"type": type(ramp).__name__, **fields}}
+
+    def state_dict(self) -> dict[str, Any]:
+        out = super().state_dict()
+        out["penalty"] = self._penalty_config()
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = state.get("penalty")  # absent in checkpoints from before the λ warm-up
+        if saved is not None and saved != self._penalty_config():
+            raise UsageError(f"the checkpoint was trained with penalty {saved}, this "
+                             f"sparsifier has {self._penalty_config()}: construct SoftMovement "
+                             "with the same lam and lam_schedule to resume identically")
+        super().load_state_dict(state)
