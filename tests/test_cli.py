@@ -494,3 +494,45 @@ def test_prune_with_bits_end_to_end(models, tmp_path, capsys):
 def test_quantize_bad_group_is_one_line(models, tmp_path, capsys):
     rc = main(["quantize", str(models["llama"]), "--group", "abc", *FAST])
     assert rc == 2 and "--group 'abc'" in _error_line(capsys.readouterr().err)
+
+
+# --- checkpoints: --format, inspect ------------------------------------------------------------
+
+def test_out_is_a_compact_checkpoint_and_inspect_reads_it(models, tmp_path, capsys):
+    out = tmp_path / "ck"
+    rc = main(["prune", str(models["llama"]), "--pattern", "2:4", "--bits", "4", "--group", "16",
+               *FAST, "--no-eval", "--quiet", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "smaller than dense fp16" in captured.out
+    assert main(["inspect", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "quant-nm int4 g16 2:4" in table and "TOTAL" not in table
+    assert main(["inspect", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["totals"]["bytes"] == sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    hf = tmp_path / "hf"
+    assert main(["prune", str(models["llama"]), "--pattern", "2:4", *FAST, "--no-eval", "--quiet",
+                 "--out", str(hf), "--format", "hf"]) == 0
+    capsys.readouterr()
+    dense_bytes = (hf / "model.safetensors").stat().st_size
+    assert info["totals"]["bytes"] < dense_bytes / 2
+
+
+def test_format_compressed_tensors(models, tmp_path, capsys):
+    pytest.importorskip("compressed_tensors")
+    out = tmp_path / "ct"
+    assert main(["quantize", str(models["llama"]), "--bits", "4", "--group", "16", *FAST,
+                 "--no-eval", "--quiet", "--out", str(out), "--format", "compressed-tensors"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["format"] == "pack-quantized"
+    capsys.readouterr()
+    rc = main(["prune", str(models["llama"]), "--sparsity", "0.5", *FAST, "--out",
+               str(tmp_path / "x"), "--format", "compressed-tensors"])
+    assert rc == 2 and "add --bits" in _error_line(capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
+
+
+def test_inspect_something_else_is_one_line(models, capsys):
+    rc = main(["inspect", str(models["llama"])])
+    assert rc == 2 and "not a prunekit checkpoint" in _error_line(capsys.readouterr().err)

@@ -228,3 +228,43 @@ def test_checkpoint_is_smaller_than_hf_and_load_model_reads_it(saved, tmp_path):
                and len(t["shape"]) == 2]
     assert all(t["format"] == "bitmask" for t in targets)
     assert all(t["bits_per_value"] == pytest.approx(0.5 * 32 + 1, rel=0.01) for t in targets)
+
+
+# --- export to compressed-tensors --------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:You passed `quantization_config`:UserWarning")
+@pytest.mark.parametrize("family,spec,prune", [
+    ("llama", QuantSpec(4, 16), False), ("llama", QuantSpec(4, 32, False), True),
+    ("bert", QuantSpec(8, None), False), ("llama", QuantSpec(3, None, False), False)],
+    ids=lambda v: str(v))
+def test_compressed_tensors_export_loads_in_transformers_bit_exactly(family, spec, prune, tmp_path):
+    pytest.importorskip("compressed_tensors")
+    import transformers as tf
+    from transformers.utils.quantization_config import CompressedTensorsConfig
+
+    from prunekit.formats.export import export_compressed_tensors
+
+    model = tiny_model(family)
+    batches = random_batches(2)
+    if prune:
+        api.prune_model(model, "sparsegpt", NM(2, 4), batches)
+    results = api.quantize_model(model, "gptq", batches, spec=spec)
+    config = export_compressed_tensors(model, api.quantized_weights(results), tmp_path)
+    assert config["format"] == "pack-quantized"
+    auto = tf.AutoModel if family == "bert" else tf.AutoModelForCausalLM
+    back = auto.from_pretrained(tmp_path, quantization_config=CompressedTensorsConfig(
+        run_compressed=False))  # compressed-tensors unpacks and dequantizes every layer
+    ours, theirs = model.state_dict(), back.state_dict()
+    assert set(ours) == set(theirs)
+    assert all(torch.equal(ours[k], theirs[k].to(ours[k].dtype)) for k in ours)
+
+
+def test_compressed_tensors_export_refuses_what_it_cannot_hold(tmp_path):
+    from prunekit.formats.export import export_compressed_tensors
+
+    model = tiny_model("bert")
+    results = api.quantize_model(model, "awq", random_batches(1), spec=QuantSpec(4, 16))
+    with pytest.raises(ModelError, match="AWQ input scale not folded"):
+        export_compressed_tensors(model, api.quantized_weights(results), tmp_path)
+    with pytest.raises(ModelError, match="no layer was quantized"):
+        export_compressed_tensors(model, {}, tmp_path)

@@ -686,7 +686,7 @@ def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
     return path
 
 
-SAVE_FORMATS = ("prunekit", "hf")
+SAVE_FORMATS = ("prunekit", "hf", "compressed-tensors")
 
 
 def save_pruned(loaded: LoadedModel, report: PruneReport, out: str | os.PathLike,
@@ -694,17 +694,28 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: str | os.PathLike
                 ) -> Path:
     """Write the model, its tokenizer and ``prune_report.json`` to ``out`` atomically (see
     :func:`write_output`): by default as a prunekit checkpoint (each tensor in its smallest
-    exact format, quantized layers as integer codes; :func:`load` reads it), or with
-    ``fmt="hf"`` as a plain dense ``save_pretrained`` folder."""
+    exact format, quantized layers as integer codes; :func:`load` reads it), with
+    ``fmt="hf"`` as a plain dense ``save_pretrained`` folder, or with
+    ``fmt="compressed-tensors"`` in the pack-quantized layout transformers and vLLM load."""
     from .formats.checkpoint import write_checkpoint
 
     if fmt not in SAVE_FORMATS:
         raise UsageError(f"--format {fmt!r}: use one of {', '.join(SAVE_FORMATS)}")
+    if fmt == "compressed-tensors" and not quantized_weights(report):
+        raise UsageError("--format compressed-tensors stores quantized layers: add --bits (or "
+                         "use prunekit quantize); a pruned-only model exports with --format hf")
 
     def write(tmp: Path) -> None:
         if fmt == "hf":
             loaded.model.save_pretrained(tmp)
             loaded.tokenizer.save_pretrained(tmp)
+            return
+        if fmt == "compressed-tensors":
+            from .formats.export import export_compressed_tensors
+
+            export_compressed_tensors(loaded.model, quantized_weights(report), tmp,
+                                      loaded.tokenizer)
+            _chmod_files(tmp)
             return
         write_checkpoint(tmp, loaded.model, quantized=quantized_weights(report),
                          tokenizer=loaded.tokenizer, report=report.to_dict(),

@@ -170,10 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true", help="no per-layer table")
 
     for sp in (p, q):
-        sp.add_argument("--format", choices=("prunekit", "hf"), default="prunekit", dest="fmt",
+        sp.add_argument("--format", choices=api.SAVE_FORMATS, default="prunekit", dest="fmt",
                         help="--out as a prunekit checkpoint (default: every tensor in its "
                              "smallest exact format, integer codes for quantized layers; "
-                             "prunekit.load reads it) or 'hf', a dense save_pretrained folder")
+                             "prunekit.load reads it), 'hf' (a dense save_pretrained folder) or "
+                             "'compressed-tensors' (quantized models, pack-quantized: "
+                             "transformers and vLLM load it)")
 
     i = sub.add_parser("inspect", parents=[common],
                        help="what a prunekit checkpoint stores: formats, sparsity, bytes")
@@ -395,6 +397,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if spec is None and "quant_method" in settings:
         raise UsageError("--quant-method applies with --bits")
+    if spec is None and args.fmt == "compressed-tensors":
+        raise UsageError("--format compressed-tensors stores quantized layers: add --bits 4 "
+                         "(a pruned-only model exports with --format hf)")
     config = api.make_config(args.method, {**settings, "quant": spec})
     if args.out:
         api.check_output(args.out, args.overwrite)
