@@ -268,3 +268,31 @@ def test_compressed_tensors_export_refuses_what_it_cannot_hold(tmp_path):
         export_compressed_tensors(model, api.quantized_weights(results), tmp_path)
     with pytest.raises(ModelError, match="no layer was quantized"):
         export_compressed_tensors(model, {}, tmp_path)
+
+
+def test_semi_structured_finds_two_four_layers_and_needs_cuda(tmp_path):
+    from prunekit.formats.accel import to_semi_structured_, two_four_linears
+    from prunekit.errors import UsageError
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 64),
+                                torch.nn.Linear(64, 32))
+    with torch.no_grad():
+        model[0].weight.copy_(_two_four(model[0].weight))
+        model[1].weight.copy_(_two_four(model[1].weight))  # 32 inputs: too narrow for the kernels
+    assert two_four_linears(model) == ["0"]
+    with pytest.raises(UsageError, match="CUDA"):
+        to_semi_structured_(model)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="2:4 kernels need a CUDA GPU")
+def test_semi_structured_on_cuda_matches_dense(tmp_path):  # pragma: no cover - GPU only
+    from prunekit.formats.accel import to_semi_structured_
+
+    layer = torch.nn.Linear(128, 64).half().cuda()
+    with torch.no_grad():
+        layer.weight.copy_(_two_four(layer.weight))
+    x = torch.randn(32, 128, device="cuda", dtype=torch.float16)
+    ref = layer(x)
+    model = torch.nn.Sequential(layer)
+    assert to_semi_structured_(model) == ["0"]
+    assert torch.allclose(model(x), ref, rtol=1e-2, atol=1e-2)

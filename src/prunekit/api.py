@@ -732,21 +732,28 @@ def _chmod_files(folder: Path) -> None:
             f.chmod(0o666 & ~_umask())
 
 
-def load(path: str | os.PathLike, model: nn.Module | None = None, dtype: str | None = None
-         ) -> LoadedModel | nn.Module:
+def load(path: str | os.PathLike, model: nn.Module | None = None, dtype: str | None = None,
+         device: str = "cpu", semi_structured: bool = False) -> LoadedModel | nn.Module:
     """Rebuild a model saved by prunekit: a :class:`LoadedModel` for a Hugging Face model (with
     its tokenizer), the module for a plain one (``model``: an instance to load into, needed
     for a plain class without a builder). Weights equal the saved ones bit for bit; ``dtype``
-    converts them afterwards. Raises :class:`ModelError` on a corrupt, truncated, foreign or
-    newer checkpoint."""
+    and ``device`` convert them afterwards. ``semi_structured``: on CUDA, 2:4 Linear weights
+    become PyTorch semi-structured sparse tensors (float16/bfloat16). Raises
+    :class:`ModelError` on a corrupt, truncated, foreign or newer checkpoint."""
     from .formats.checkpoint import build_model, load_state_into, read_manifest, read_state
 
+    check_device(device)
     folder = Path(path).expanduser()
     manifest = read_manifest(folder)
     state = read_state(folder, manifest)
     module = load_state_into(build_model(folder, manifest, model), state)
     if dtype is not None:
         module.to(model_dtype(dtype))
+    module.to(device)
+    if semi_structured:
+        from .formats.accel import to_semi_structured_
+
+        to_semi_structured_(module)
     if manifest["model"].get("kind") != "hf" or model is not None:
         return module
     from transformers import AutoTokenizer
