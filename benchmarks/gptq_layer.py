@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
-import time
 
 import torch
 
 from prunekit.methods.base import relative_error
 from prunekit.quant import QuantSpec, gptq_quantize, rtn_quantize
 from prunekit.quant.grid import fake_quantize, fit_rows
+from sparsegpt_layer import median_time  # benchmarks/ is on the path when run as a script
 
 
 def textbook_gptq(W, H, spec, blocksize=128, rel_damp=0.01):
@@ -57,15 +56,6 @@ def textbook_gptq(W, H, spec, blocksize=128, rel_damp=0.01):
         W[:, i1:i2] = Q1
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
     return W
-
-
-def median_time(fn, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), times, out
 
 
 def layer(rows, cols, n_tokens=None, seed=0):
@@ -108,13 +98,13 @@ def main():
         rows, cols = map(int, shape.split("x"))
         W, H = layer(rows, cols)
         for spec in specs:
-            t_ours, _, ours = median_time(lambda: gptq_quantize(W, H, spec)[0], args.repeats)
-            t_text, _, text = median_time(lambda: textbook_gptq(W, H, spec), args.repeats)
+            t_ours, ours = median_time(lambda: gptq_quantize(W, H, spec)[0], args.repeats)
+            t_text, text = median_time(lambda: textbook_gptq(W, H, spec), args.repeats)
             e_rtn = relative_error(W, rtn_quantize(W, spec)[0], H)
             row = [f"{rows}×{cols}", str(spec), f"{t_ours:.2f} s", f"{t_text:.2f} s",
                    f"{t_text / t_ours:.1f}"]
             if llmc is not None:
-                t_llmc, _, ref = median_time(lambda: llmc(W, H, spec.bits, spec.group), args.repeats)
+                t_llmc, ref = median_time(lambda: llmc(W, H, spec.bits, spec.group), args.repeats)
                 row += [f"{t_llmc:.2f} s", f"{t_llmc / t_ours:.1f}"]
                 e_llmc = f"{relative_error(W, ref.to(W.dtype), H):.5f}"
             else:

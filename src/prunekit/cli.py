@@ -102,15 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "its paper, and for sparsegpt, whose mask is chosen per block of "
                         "columns across all rows as in its paper)")
     _add_calibration(p, samples=128, seqlen=512, small=True)
-    p.add_argument("--out", help="output directory (model, tokenizer, prune_report.json)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--skip", action="append", default=[], metavar="GLOB",
-                   help="leave layers matching this glob dense, e.g. '*.mlp.down_proj' (repeatable)")
-    p.add_argument("--damp", type=_nonnegative_float, dest="rel_damp",
-                   help="relative Hessian damping for sparsegpt, obs and obs-network (default 0.01)")
-    p.add_argument("--blocksize", type=_positive, help="sparsegpt column block size (default 128)")
-    p.add_argument("--hessian-dtype", choices=("float32", "float64"),
-                   help="precision of the Hessian and solves (default float32)")
+    _add_output_and_solver(p, "dense", "sparsegpt, obs and obs-network", "sparsegpt")
     p.add_argument("--curvature", choices=tuple(CURVATURES),
                    help="obd/obs-network: curvature of the task loss: empirical 'fisher' "
                         "(default), 'gauss-newton', or the 'exact' Hessian")
@@ -145,16 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "activation-aware input scaling, then --awq-solver")
     _add_quant(q, prune=False)
     _add_calibration(q, samples=128, seqlen=512)
-    q.add_argument("--out", help="output directory (model with the dequantized weights, "
-                                 "tokenizer, prune_report.json)")
-    q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    q.add_argument("--skip", action="append", default=[], metavar="GLOB",
-                   help="leave layers matching this glob unquantized (repeatable)")
-    q.add_argument("--damp", type=_nonnegative_float, dest="rel_damp",
-                   help="gptq/awq: relative Hessian damping (default 0.01)")
-    q.add_argument("--blocksize", type=_positive, help="gptq: column block size (default 128)")
-    q.add_argument("--hessian-dtype", choices=("float32", "float64"),
-                   help="precision of the Hessian and solves (default float32)")
+    _add_output_and_solver(q, "unquantized", "gptq and awq", "gptq")
     q.add_argument("--act-order", action="store_const", const=True, dest="act_order",
                    help="gptq: quantize columns by decreasing activation energy (with static "
                         "groups, so every scale still covers consecutive columns)")
@@ -191,6 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 QUANTIZERS = ("rtn", "gptq", "awq")
+
+
+def _add_output_and_solver(p: argparse.ArgumentParser, skipped: str, damped: str,
+                           blocked: str) -> None:
+    """--out, --overwrite, --skip and the Hessian solver flags shared by prune and quantize."""
+    p.add_argument("--out", help="output directory (the model as a prunekit checkpoint, see "
+                                 "--format; tokenizer; prune_report.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--skip", action="append", default=[], metavar="GLOB",
+                   help=f"leave layers matching this glob {skipped}, e.g. '*.mlp.down_proj' "
+                        "(repeatable)")
+    p.add_argument("--damp", type=_nonnegative_float, dest="rel_damp",
+                   help=f"relative Hessian damping for {damped} (default 0.01)")
+    p.add_argument("--blocksize", type=_positive,
+                   help=f"{blocked} column block size (default 128)")
+    p.add_argument("--hessian-dtype", choices=("float32", "float64"),
+                   help="precision of the Hessian and solves (default float32)")
 
 
 def _add_quant(p: argparse.ArgumentParser, prune: bool) -> None:
