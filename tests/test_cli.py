@@ -533,6 +533,21 @@ def test_format_compressed_tensors(models, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_tensor_format_forces_one_format_for_compressed_layers(models, tmp_path, capsys):
+    out = tmp_path / "dense"
+    assert main(["prune", str(models["llama"]), "--pattern", "2:4", *FAST, "--no-eval", "--quiet",
+                 "--out", str(out), "--tensor-format", "bitmask"]) == 0
+    capsys.readouterr()
+    manifest = json.loads((out / "prunekit.json").read_text())
+    formats = {n: e["format"] for n, e in manifest["tensors"].items() if "format" in e}
+    assert all(f == "bitmask" for n, f in formats.items() if ".layers." in n and "proj" in n)
+    assert formats["model.embed_tokens.weight"] == "dense"  # not a compressed layer: smallest
+    rc = main(["prune", str(models["llama"]), "--sparsity", "0.5", *FAST, "--no-eval",
+               "--out", str(tmp_path / "x"), "--tensor-format", "nm"])
+    assert rc == 2 and "cannot hold this tensor exactly" in _error_line(capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
+
+
 def test_inspect_something_else_is_one_line(models, capsys):
     rc = main(["inspect", str(models["llama"])])
     assert rc == 2 and "not a prunekit checkpoint" in _error_line(capsys.readouterr().err)

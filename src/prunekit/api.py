@@ -696,7 +696,9 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: str | os.PathLike
     :func:`write_output`): by default as a prunekit checkpoint (each tensor in its smallest
     exact format, quantized layers as integer codes; :func:`load` reads it), with
     ``fmt="hf"`` as a plain dense ``save_pretrained`` folder, or with
-    ``fmt="compressed-tensors"`` in the pack-quantized layout transformers and vLLM load."""
+    ``fmt="compressed-tensors"`` in the pack-quantized layout transformers and vLLM load.
+    ``tensor_format``: for a prunekit checkpoint, one format for every compressed layer
+    instead of the smallest (an error if it cannot hold one of them exactly)."""
     from .formats.checkpoint import write_checkpoint
 
     if fmt not in SAVE_FORMATS:
@@ -719,7 +721,7 @@ def save_pruned(loaded: LoadedModel, report: PruneReport, out: str | os.PathLike
             return
         write_checkpoint(tmp, loaded.model, quantized=quantized_weights(report),
                          tokenizer=loaded.tokenizer, report=report.to_dict(),
-                         tensor_format=tensor_format,
+                         tensor_format=tensor_format, targets={r.name for r in report.layers},
                          provenance={"source": loaded.source, "method": report.label})
         _chmod_files(tmp)
 

@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "prunekit.load reads it), 'hf' (a dense save_pretrained folder) or "
                              "'compressed-tensors' (quantized models, pack-quantized: "
                              "transformers and vLLM load it)")
+        sp.add_argument("--tensor-format", default="auto", dest="tensor_format",
+                        choices=("auto", "dense", "bitmask", "nm", "quant", "quant-bitmask",
+                                 "quant-nm"),
+                        help="prunekit checkpoint: store every compressed layer in this format "
+                             "instead of the smallest exact one (docs/formats.md)")
 
     i = sub.add_parser("inspect", parents=[common],
                        help="what a prunekit checkpoint stores: formats, sparsity, bytes")
@@ -413,7 +418,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         progress=_progress(f"{args.method} {pattern}"))
     return _print_and_save(args, report, pattern,
                            lambda out: api.save_pruned(loaded, report, out, args.overwrite,
-                                                       fmt=args.fmt))
+                                                       fmt=args.fmt,
+                                                       tensor_format=args.tensor_format))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -469,7 +475,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     for line in evaluation_lines(report):
         print(line)
     if args.out:
-        path = api.save_pruned(loaded, report, args.out, args.overwrite, fmt=args.fmt)
+        path = api.save_pruned(loaded, report, args.out, args.overwrite, fmt=args.fmt,
+                               tensor_format=args.tensor_format)
         print(f"saved to {path} (report: {path / api.REPORT_FILE})")
         _print_size(path)
     else:

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +64,12 @@ def _conv1d_layers(model: nn.Module) -> set[str]:
 
 
 def encode_state(model: nn.Module, quantized: Mapping[str, QuantizedWeight] | None = None,
-                 tensor_format: str = "auto") -> tuple[dict[str, Tensor], dict[str, Any]]:
+                 tensor_format: str = "auto", targets: Collection[str] | None = None,
+                 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Every state-dict tensor in its smallest exact format: ({part name: tensor}, {tensor
     name: manifest entry}). ``quantized``: {layer name: codes} of quantized layers.
-    ``tensor_format``: "auto" (smallest), or one format for every 2-D weight."""
+    ``tensor_format``: "auto" (smallest), or one format for the weights of the ``targets``
+    layers (default: every layer with a 2-D weight); an error names a weight it cannot hold."""
     if tensor_format != "auto" and tensor_format not in FORMATS:
         raise ModelError(f"tensor format {tensor_format!r}: use auto or one of {', '.join(FORMATS)}")
     quantized = quantized or {}
@@ -87,9 +89,13 @@ def encode_state(model: nn.Module, quantized: Mapping[str, QuantizedWeight] | No
         transposed = name.endswith(".weight") and layer in conv1d
         W = t.T if transposed else t  # Conv1D stores (in, out): encode (out, in)
         qw = quantized.get(layer) if name.endswith(".weight") else None
-        only = None if tensor_format == "auto" or W.dim() != 2 else tensor_format
-        enc = best_encoding(W, qw, only) if W.dtype.is_floating_point else Encoded(
-            "dense", {"values": W.contiguous()}, {})
+        forced = (tensor_format != "auto" and W.dim() == 2 and name.endswith(".weight")
+                  and (targets is None or layer in targets))
+        try:
+            enc = best_encoding(W, qw, tensor_format if forced else None) \
+                if W.dtype.is_floating_point else Encoded("dense", {"values": W.contiguous()}, {})
+        except ValueError as exc:
+            raise ModelError(f"{name}: {exc}") from None
         entry = {"format": enc.format, "shape": list(W.shape), "dtype": _dtype_name(W.dtype),
                  "meta": enc.meta, "numel": W.numel(), "nonzero": int((W != 0).sum()),
                  "parts": {}}
@@ -119,14 +125,15 @@ def model_description(model: nn.Module, builder: str | None = None) -> dict[str,
 
 def write_checkpoint(folder: Path, model: nn.Module, *, quantized=None, tokenizer=None,
                      report: dict | None = None, builder: str | None = None,
-                     tensor_format: str = "auto", provenance: dict | None = None) -> dict:
+                     tensor_format: str = "auto", targets: Collection[str] | None = None,
+                     provenance: dict | None = None) -> dict:
     """Write the checkpoint files into ``folder`` (an empty, temporary folder: the caller
     renames it into place). Returns the manifest."""
     from safetensors.torch import save_file
 
     from .. import __version__
 
-    parts, entries = encode_state(model, quantized, tensor_format)
+    parts, entries = encode_state(model, quantized, tensor_format, targets)
     save_file(parts, str(folder / WEIGHTS), metadata={"format": FORMAT_NAME})
     description = model_description(model, builder)
     if description["kind"] == "hf":
