@@ -3,6 +3,7 @@
 For each weight shape (out × in) and number of tokens, times y = x Wᵀ for:
   - dense float32 (torch.nn.functional.linear): the baseline,
   - int4, groups of 128, through PyTorch's weight-only kernel (aten._weight_int4pack_mm_for_cpu),
+  - the same int4 kernel on bfloat16 activations and scales (compute_dtype=torch.bfloat16),
   - int8 per channel through aten._weight_int8pack_mm,
   - int4 dequantized on the fly (the fallback path of layers no kernel takes),
 and prints medians of --repeats timed loops with the dense/quantized ratio (> 1: faster than
@@ -43,19 +44,22 @@ def main():
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of "
           f"{args.repeats}; ratio = dense time / variant time")
-    print("| layer | tokens | dense fp32 | int4 g128 kernel | × | int8 channel kernel | × | "
-          "int4 dequant on the fly | × |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| layer | tokens | dense fp32 | int4 g128 kernel | × | int4 kernel, bf16 | × | "
+          "int8 channel kernel | × | int4 dequant on the fly | × |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for shape in args.shapes.split(","):
         rows, cols = map(int, shape.split("x"))
         g = torch.Generator().manual_seed(0)
         W = torch.randn(rows, cols, generator=g) / cols ** 0.5
         b = torch.zeros(rows)
         q4 = QuantizedLinear(rtn_quantize(W, QuantSpec(4, 128))[1], b)
+        q4b = QuantizedLinear(rtn_quantize(W, QuantSpec(4, 128))[1], b,
+                              compute_dtype=torch.bfloat16)
         q8 = QuantizedLinear(rtn_quantize(W, QuantSpec(8, None))[1], b)
         q4d = QuantizedLinear(rtn_quantize(W, QuantSpec(4, 128))[1], b, kernel="dequant")
         assert (q4.kernel, q8.kernel) == ("int4", "int8"), (q4.kernel, q8.kernel)
-        variants = {"dense": lambda x: F.linear(x, W, b), "int4": q4, "int8": q8, "deq": q4d}
+        variants = {"dense": lambda x: F.linear(x, W, b), "int4": q4, "int4bf": q4b, "int8": q8,
+                    "deq": q4d}
         for n in map(int, args.tokens.split(",")):
             x = torch.randn(n, cols, generator=g)
             inner = max(1, int(2e8 // (rows * cols * max(n, 8))))
@@ -67,11 +71,12 @@ def main():
             med = {k: statistics.median(v) for k, v in times.items()}
             cell = lambda k: (f"{med[k] * 1e3:.2f} ms", f"{med['dense'] / med[k]:.2f}")  # noqa: E731
             print(f"| {rows}×{cols} | {n} | {med['dense'] * 1e3:.2f} ms | "
-                  f"{' | '.join(' | '.join(cell(k)) for k in ('int4', 'int8', 'deq'))} |",
+                  f"{' | '.join(' | '.join(cell(k)) for k in ('int4', 'int4bf', 'int8', 'deq'))} |",
                   flush=True)
-        print(f"| {rows}×{cols} weight bytes | | {W.numel() * 4:,} | "
-              f"{q4.codes.numel() + q4.scale.numel() * 2:,} (+fp16 scales) | | "
-              f"{q8.codes.numel() + q8.scale.numel() * 2:,} | | | |")
+        b4 = q4.codes.numel() + q4.scale.numel() * 2  # codes + float16 scales
+        b8 = q8.codes.numel() + q8.scale.numel() * 2
+        print(f"| {rows}×{cols} weight bytes | | {W.numel() * 4:,} | {b4:,} | | {b4:,} | | "
+              f"{b8:,} | | {b4:,} | |")
 
 
 if __name__ == "__main__":

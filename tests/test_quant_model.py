@@ -199,3 +199,18 @@ def test_kind_errors():
         api.check_kind("sparsegpt", "quantize")
     with pytest.raises(UsageError, match="group"):
         api.make_config("gptq", {"quant": QuantSpec(4, 96), "blocksize": 128})
+
+
+def test_bfloat16_compute_is_close_to_the_exact_path():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(64, 256, generator=g) / 16
+    _, qw = rtn_quantize(W, QuantSpec(4, 128))
+    exact = QuantizedLinear(qw)
+    fast = QuantizedLinear(qw, compute_dtype=torch.bfloat16)
+    x = torch.randn(8, 256, generator=g)
+    with torch.no_grad():
+        a, b = exact(x), fast(x)
+    assert b.dtype == torch.float32 and fast.kernel == "int4"
+    assert float((a - b).norm() / a.norm()) < 0.02
+    with pytest.raises(ValueError, match="compute_dtype"):
+        QuantizedLinear(qw, compute_dtype=torch.float16)

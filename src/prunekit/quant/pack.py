@@ -11,6 +11,9 @@ scale, if any) using PyTorch's weight-only CPU kernels where they exist:
     zero point z maps to z′ = (8 − z) · scale;
   - int8, symmetric, per channel: ``aten._weight_int8pack_mm`` with the codes shifted to
     signed int8 (q − 128).
+``compute_dtype=torch.bfloat16`` runs the int4 kernel on bfloat16 activations and scales (the
+kernel's fast path on this project's CPU; float32, the default, is exact to the dequantized
+weight but slower there — benchmarks/quant_linear.py measures both).
 Anything else — other widths, int8 with groups, a ragged last group, other devices or dtypes —
 dequantizes the weight on the fly for each call; the module's ``kernel`` attribute says which
 path it takes and a log line says why at construction.
@@ -74,8 +77,12 @@ class QuantizedLinear(nn.Module):
     (out, groups), ``input_scale`` (in,) for AWQ when it was not folded, ``bias``.
     """
 
-    def __init__(self, qw: QuantizedWeight, bias: Tensor | None = None, kernel: str = "auto") -> None:
+    def __init__(self, qw: QuantizedWeight, bias: Tensor | None = None, kernel: str = "auto",
+                 compute_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        if compute_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"compute_dtype {compute_dtype}: use torch.float32 or torch.bfloat16")
+        self.compute_dtype = compute_dtype
         self.out_features, self.in_features = qw.shape
         self.spec = qw.spec
         codes = pack_int4(qw.codes) if qw.spec.bits == 4 else qw.codes.to(torch.uint8).clone()
@@ -89,8 +96,9 @@ class QuantizedLinear(nn.Module):
         self.kernel = self._choose(kernel)
 
     @classmethod
-    def from_linear(cls, layer: nn.Linear, qw: QuantizedWeight, kernel: str = "auto") -> "QuantizedLinear":
-        return cls(qw, layer.bias, kernel)
+    def from_linear(cls, layer: nn.Linear, qw: QuantizedWeight, kernel: str = "auto",
+                    compute_dtype: torch.dtype = torch.float32) -> "QuantizedLinear":
+        return cls(qw, layer.bias, kernel, compute_dtype)
 
     def _choose(self, kernel: str) -> str:
         if kernel not in ("auto", "dequant"):
@@ -123,7 +131,7 @@ class QuantizedLinear(nn.Module):
                     codes.to(torch.int32), 1)
                 # (groups, out, 2): (q − 8)·scale + z′ with z′ = (8 − zero)·scale
                 sz = torch.stack((self.scale, (8.0 - self.zero) * self.scale), dim=-1)
-                self._scale_zeros = sz.transpose(0, 1).contiguous()
+                self._scale_zeros = sz.transpose(0, 1).contiguous().to(self.compute_dtype)
             else:
                 self._packed = (self.codes.to(torch.int16) - 128).to(torch.int8)
                 self._scale_zeros = self.scale[:, 0].contiguous()
@@ -138,7 +146,8 @@ class QuantizedLinear(nn.Module):
         if fast and self.kernel == "int4":
             w = self._kernel_weight()
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x2.contiguous(), w, self.spec.group_size(self.in_features), self._scale_zeros)
+                x2.to(self.compute_dtype).contiguous(), w, self.spec.group_size(self.in_features),
+                self._scale_zeros).to(x.dtype)
         elif fast:
             y = torch._weight_int8pack_mm(x2.contiguous(), self._kernel_weight(), self._scale_zeros)
         else:  # x is already divided by the input scale: the grid weight alone
