@@ -1,0 +1,1 @@
+"""Analysis of compressed networks: the empirical NTK and kernel metrics."""
