@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.func import functional_call
 
 from conftest import TOL
@@ -132,3 +132,91 @@ def test_kernel_regression_classifies_separable_data():
     K = X @ X.T + 1.0
     pred = kernel_regression(K[:40, :40], K[40:, :40], y[:40], 3)
     assert float((pred == y[40:]).double().mean()) == 1.0
+
+
+# --- masks chosen at initialisation, the NTK-preserving criterion, the study, the CLI ---------
+
+from prunekit.analysis import masks as am  # noqa: E402
+from prunekit.analysis.kernels import top_eigenvectors  # noqa: E402
+from prunekit.analysis.study import (Budget, parse_mask, rank_correlation,  # noqa: E402
+                                     train_masked)
+
+
+def test_mask_criteria_reach_the_sparsity_and_snip_is_the_connection_sensitivity():
+    model, x = mlp(), inputs(40, 6)
+    y = torch.arange(40) % 3
+    for masks in (am.random_masks(model, 0.7), am.magnitude_masks(model, 0.7),
+                  am.snip_masks(model, x, y, 0.7), am.ntk_masks(model, x, 0.7, top=4)):
+        assert set(masks) == {"0.weight", "2.weight", "4.weight"}
+        assert am.mask_sparsity(masks) == pytest.approx(0.7, abs=0.01)
+    model.zero_grad()
+    nn.CrossEntropyLoss()(model(x), y).backward()
+    scores = am.snip_scores(model, x, y)
+    assert torch.allclose(scores["2.weight"], (model[2].weight.grad * model[2].weight).abs().float())
+
+
+def test_ntk_scores_split_the_top_eigenspace_energy_exactly():
+    """With J at the current weights, tr(Uᵀ J diag(m) Jᵀ U) = Σ_kept s_p (+ the always-kept
+    biases' share): the criterion keeps the most top-eigenspace energy of the column-masked
+    Jacobian (the pruned network's own Jacobian then moves with its weights)."""
+    model, x = mlp(), inputs(25, 6)
+    top = 5
+    J = explicit_jacobian(model, x)  # (N·K, P) at the dense weights, parameters in order
+    k = J.shape[0] // 25
+    U = top_eigenvectors(jacobian_ntk(model, x, trace=True), top)  # (N, r)
+    scores = am.ntk_scores(model, x, top=top)
+    masks = am.random_masks(model, 0.5, seed=1)
+    keep = torch.cat([masks.get(n, torch.ones_like(p, dtype=torch.bool)).reshape(-1)
+                      for n, p in model.named_parameters()]).double()
+    bias = torch.cat([torch.zeros(p.numel()) if n in masks else torch.ones(p.numel())
+                      for n, p in model.named_parameters()]).double()
+
+    def energy(cols: Tensor) -> float:  # tr(Uᵀ Σ_k J_k diag(cols) J_kᵀ U)
+        Jk = J.reshape(25, k, -1)
+        return float(torch.einsum("nr,nkp,p,mkp,mr->", U, Jk, cols, Jk, U))
+
+    kept = sum(float(s[masks[n]].sum()) for n, s in scores.items())
+    assert energy(keep) == pytest.approx(kept + energy(bias), rel=1e-9)
+    total = sum(float(s.sum()) for s in scores.values())
+    assert energy(torch.ones_like(keep)) == pytest.approx(total + energy(bias), rel=1e-9)
+
+
+def test_trained_masked_networks_keep_their_zeros_for_linear_and_conv():
+    from prunekit.models.digits import digits_cnn, load_digits_split
+
+    data = load_digits_split()
+    torch.manual_seed(0)
+    init = digits_cnn(2)
+    masks = am.magnitude_masks(init, 0.8)
+    model = train_masked(init, masks, data, Budget(epochs=1))
+    assert all(bool((dict(model.named_parameters())[n][~m] == 0).all()) for n, m in masks.items())
+    assert am.mask_sparsity(am.masks_of(model)) >= am.mask_sparsity(masks)
+
+
+def test_mask_specs_and_rank_correlation():
+    assert parse_mask("snip:90%").sparsity == pytest.approx(0.9)
+    assert parse_mask("lottery:0.5").method == "lottery"
+    for bad in ("snip", "foo:0.5", "snip:1.5", "snip:x"):
+        with pytest.raises(UsageError):
+            parse_mask(bad)
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert rank_correlation([1, 1, 2], [1, 1, 2]) == pytest.approx(1.0)
+
+
+def test_ntk_is_a_registered_whole_network_method_and_cli(tmp_path, capsys):
+    from prunekit.cli import main
+
+    assert main(["prune", "digits-mlp:8", "--method", "ntk", "--sparsity", "0.5", "--quiet",
+                 "--ntk-top", "4", "--samples", "100"]) == 0
+    assert "ntk 50% unstructured (global)" in capsys.readouterr().out
+    out = tmp_path / "ntk"
+    rc = main(["ntk", "digits-mlp:8", "--masks", "random:0.5", "ntk:0.5", "lottery:0.5",
+               "--samples", "40", "--epochs", "1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "lottery 50%" in captured.out and "top10_overlap" in captured.out
+    assert {p.name for p in out.iterdir()} == {"ntk_report.md", "ntk_report.json",
+                                                "ntk_spectra.png", "ntk_overlap.png"}
+    rc = main(["ntk", "minilm", "--masks", "random:0.5"])
+    assert rc == 2 and "digits-mlp" in capsys.readouterr().err

@@ -770,10 +770,22 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, dtype: str | N
 
 def write_output(report: PruneReport, out: str | os.PathLike, overwrite: bool,
                  write_model: Callable[[Path], None]) -> Path:
-    """Write a model (by ``write_model(folder)``) and its report files to ``out`` atomically.
+    """Write a model (by ``write_model(folder)``) and its report files to ``out`` atomically
+    (see :func:`write_folder`)."""
+
+    def write(tmp: Path) -> None:
+        write_model(tmp)
+        write_json(report, tmp / REPORT_FILE)
+        (tmp / TABLE_FILE).write_text(report_text(report) + "\n")
+
+    return write_folder(out, overwrite, write)
+
+
+def write_folder(out: str | os.PathLike, overwrite: bool, write: Callable[[Path], None]) -> Path:
+    """Fill a new folder ``out`` with ``write(folder)``, atomically.
 
     Everything goes to a temporary sibling directory that is renamed at the end, so a failure
-    never leaves a half-written model, and an existing ``out`` (with ``overwrite``) is replaced
+    never leaves a half-written folder, and an existing ``out`` (with ``overwrite``) is replaced
     only once the new one is complete; if the swap fails the old one is put back. OS errors
     (disk full, permissions) become a :class:`ModelError` naming ``out``.
     """
@@ -785,9 +797,7 @@ def write_output(report: PruneReport, out: str | os.PathLike, overwrite: bool,
     except OSError as exc:
         raise ModelError(f"cannot write {str(path)!r}: {exc}: pass another --out") from None
     try:
-        write_model(tmp)
-        write_json(report, tmp / REPORT_FILE)
-        (tmp / TABLE_FILE).write_text(report_text(report) + "\n")
+        write(tmp)
         _replace_dir(tmp, path)
     except OSError as exc:
         raise ModelError(

@@ -17,7 +17,8 @@ from .errors import PrunekitError, UsageError
 from .methods import get_method, load_builtin_methods
 from .network import CURVATURES, NETWORK_METHODS, NetworkConfig
 from .patterns import NM, parse_pattern
-from .report import evaluation_lines, inspect_table, layer_table, summary_table
+from .report import (evaluation_lines, inspect_table, layer_table, ntk_plots, ntk_table,
+                     summary_table)
 
 DEMO_RUNS = [(m, p) for p in ("0.5", "2:4") for m in ("magnitude", "wanda", "sparsegpt")]
 
@@ -112,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-params", type=_positive, dest="max_params",
                    help="obd/obs-network: largest network given a dense n x n curvature "
                         "(default 20000: 3 GiB in float64)")
+    p.add_argument("--ntk-top", type=_positive, dest="top",
+                   help="ntk: eigenvectors of the dense kernel to preserve (default 10)")
+    p.add_argument("--ntk-rounds", type=_positive, dest="rounds",
+                   help="ntk: geometric pruning rounds, scores recomputed each (default 1)")
     p.add_argument("--base", metavar="PRETRAINED",
                    help="movement: the pretrained checkpoint MODEL was fine-tuned from (Hugging "
                         "Face id, local folder or 'minilm'; same architecture, layers matched "
@@ -170,6 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path", help="a folder written by prunekit prune/quantize --out")
     i.add_argument("--totals", action="store_true", help="only the totals line")
     i.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    n = sub.add_parser("ntk", parents=[common],
+                       help="empirical NTK of a small network under pruning masks: spectra, "
+                            "effective rank, alignment, eigenspace overlap, NTK regression")
+    n.add_argument("model", help="digits-mlp[:HIDDEN] or digits-cnn[:CHANNELS], at its seeded "
+                                 "initialisation (needs scikit-learn)")
+    n.add_argument("--masks", nargs="+", required=True, metavar="SPEC",
+                   help="METHOD:SPARSITY with METHOD random, magnitude, snip, ntk (chosen at "
+                        "initialisation), lottery (IMP with rewinding), obs or obd (of the "
+                        "trained network); or a prunekit checkpoint folder of the same network")
+    n.add_argument("--samples", type=_positive, default=300,
+                   help="training images the kernel is computed on (default 300)")
+    n.add_argument("--top", type=_positive, default=10,
+                   help="eigenvectors compared by the subspace overlap (default 10)")
+    n.add_argument("--epochs", type=_positive, default=20,
+                   help="training budget of lottery/obs/obd masks (default 20)")
+    n.add_argument("--train", action="store_true",
+                   help="also train every masked network for --epochs and report its accuracy")
+    n.add_argument("--seed", type=int, default=0, help="initialisation and data order seed")
+    n.add_argument("--out", help="folder for ntk_report.{md,json} and the PNG plots")
+    n.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     d = sub.add_parser("demo", parents=[common], help="prune the built-in MiniLM with every method and compare")
     _add_calibration(d, samples=64, seqlen=128)
@@ -277,7 +303,7 @@ SETTING_FLAGS = {"rel_damp": "--damp", "blocksize": "--blocksize",
 
 #: Settings of the whole-network methods: config field -> flag.
 NETWORK_FLAGS = {"rel_damp": "--damp", "curvature": "--curvature", "k": "--obs-k",
-                 "max_params": "--max-params"}
+                 "max_params": "--max-params", "top": "--ntk-top", "rounds": "--ntk-rounds"}
 
 
 def _network_settings(args: argparse.Namespace) -> NetworkConfig:
@@ -291,9 +317,13 @@ def _network_settings(args: argparse.Namespace) -> NetworkConfig:
             if getattr(args, key) is not None and args.method != "obs-network":
                 raise UsageError(f"{NETWORK_FLAGS[key]} does not apply to --method "
                                  f"{args.method} (it is for obs-network)")
+        for key in ("top", "rounds"):
+            if getattr(args, key) is not None and args.method != "ntk":
+                raise UsageError(f"{NETWORK_FLAGS[key]} does not apply to --method "
+                                 f"{args.method} (it is for ntk)")
         given = {k: getattr(args, k) for k in NETWORK_FLAGS if getattr(args, k) is not None}
         return NetworkConfig(**given)
-    for key in ("curvature", "k", "max_params"):
+    for key in ("curvature", "k", "max_params", "top", "rounds"):
         if getattr(args, key) is not None:
             raise UsageError(f"{NETWORK_FLAGS[key]} applies to the whole-network methods "
                              f"({', '.join(NETWORK_METHODS)}), not to --method {args.method}")
@@ -491,6 +521,44 @@ def _print_size(path) -> None:
         print(inspect_table(inspect_checkpoint(path), tensors=False))
 
 
+def cmd_ntk(args: argparse.Namespace) -> int:
+    import json
+
+    from .analysis.study import Budget, kernel_study, masks_for, parse_mask, small_network
+    from .models.digits import load_digits_split
+
+    if args.model.split(":", 1)[0] not in ("digits-mlp", "digits-cnn"):
+        raise UsageError(f"prunekit ntk runs on digits-mlp[:HIDDEN] or digits-cnn[:CHANNELS], "
+                         f"not {args.model!r}; from Python, prunekit.analysis.ntk takes any "
+                         "nn.Module")
+    requests = [parse_mask(m) for m in args.masks]
+    init = small_network(args.model, args.seed)
+    out = api.check_output(args.out, args.overwrite) if args.out else None
+    data = load_digits_split(seed=0)
+    budget = Budget(epochs=args.epochs, seed=args.seed)
+    masks = masks_for(init, data, requests, budget, top=args.top,
+                      progress=lambda s: print(f"computing {s} ...", file=sys.stderr))
+    rows = kernel_study(init, data, [(r.label, m) for r, m in masks], samples=args.samples,
+                        top=args.top, budget=budget if args.train else None)
+    table = ntk_table(rows, args.top)
+    print(f"{args.model} at initialisation (seed {args.seed}); traced NTK on {args.samples} "
+          f"training images; NTK regression on the {len(data.y_test)} test images")
+    print(table)
+    if out is not None:
+        def write(tmp):
+            (tmp / "ntk_report.json").write_text(json.dumps(
+                {"model": args.model, "seed": args.seed, "samples": args.samples,
+                 "top": args.top, "rows": rows}, indent=1) + "\n")
+            (tmp / "ntk_report.md").write_text(
+                f"# NTK of {args.model} under pruning masks\n\n```\n{table}\n```\n\n"
+                "![spectra](ntk_spectra.png)\n\n![overlap](ntk_overlap.png)\n")
+            ntk_plots(rows, tmp, args.top)
+
+        api.write_folder(out, args.overwrite, write)
+        print(f"saved to {out} (ntk_report.md, ntk_report.json, ntk_spectra.png, ntk_overlap.png)")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
@@ -502,7 +570,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"prune": cmd_prune, "quantize": cmd_quantize, "inspect": cmd_inspect,
-            "demo": cmd_demo, "methods": cmd_methods}
+            "ntk": cmd_ntk, "demo": cmd_demo, "methods": cmd_methods}
 
 
 def _one_line(exc: BaseException) -> str:

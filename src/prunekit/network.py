@@ -40,7 +40,10 @@ NETWORK_METHODS = {
     "obd": "whole-network OBD: diagonal curvature of the task loss, no update (small models)",
     "obs-network": "whole-network OBS: full curvature of the task loss, updates the weights it "
                    "keeps (small models)",
+    "snip": "SNIP: |dL/dw * w| on the calibration batch, one global ranking, no update",
+    "ntk": "keeps the weights carrying the dense NTK's top eigenspace (--ntk-top r), no update",
 }
+MASK_METHODS = ("snip", "ntk")  # choose a mask from data at the current weights; no update
 CURVATURES: dict[str, Callable[..., Tensor]] = {
     "fisher": empirical_fisher, "gauss-newton": gauss_newton, "exact": loss_hessian,
 }
@@ -56,9 +59,13 @@ class NetworkConfig:
     rel_damp: float = 0.01
     k: int = 1
     max_params: int = MAX_DENSE_PARAMS
+    top: int = 10
+    rounds: int = 1
 
     def dense(self, method: str) -> bool:
         """Whether ``method`` needs the dense n × n curvature (OBD with the Fisher does not)."""
+        if method in MASK_METHODS:
+            return False
         return method == "obs-network" or self.curvature != "fisher"
 
     def __post_init__(self) -> None:
@@ -70,6 +77,8 @@ class NetworkConfig:
             raise UsageError(f"--obs-k {self.k!r} must be >= 1")
         if self.max_params < 1:
             raise UsageError(f"--max-params {self.max_params!r} must be >= 1")
+        if self.top < 1 or self.rounds < 1:
+            raise UsageError(f"--ntk-top {self.top!r} and --ntk-rounds {self.rounds!r} must be >= 1")
 
 
 def check_network_size(n: int, method: str, config: NetworkConfig) -> None:
@@ -109,8 +118,9 @@ def prune_network(model: nn.Module, method: str, sparsity_: float, x: Tensor, y:
                   ) -> list[LayerResult]:
     """Prune all Linear/Conv weights of ``model`` together, in place, to ``sparsity_``.
 
-    method: 'obd' or 'obs-network'. (x, y): calibration inputs and labels for the curvature of
-    ``loss_fn`` (default cross-entropy). The curvature and the OBS solve run on a float64 copy
+    method: 'obd', 'obs-network', 'snip' or 'ntk' (see :mod:`prunekit.analysis.masks`).
+    (x, y): calibration inputs and labels for the curvature of ``loss_fn`` (default
+    cross-entropy), SNIP's gradient, or the NTK's inputs. The curvature and the OBS solve run on a float64 copy
     of the model, whatever its dtype. Returns one :class:`LayerResult` per weight matrix; the
     first carries the run's totals in ``extra`` (predicted loss increase, damping tries).
     """
@@ -133,11 +143,15 @@ def prune_network(model: nn.Module, method: str, sparsity_: float, x: Tensor, y:
     check_network_size(w.numel(), method, config)
     n_prune = prune_count(w.numel(), sparsity_)
     extra: dict = {"curvature": config.curvature, "samples": len(x)}
-    if method == "obd":
+    damping = None
+    if method in MASK_METHODS:
+        w_new = _mask_method(work, method, sparsity_, x64, y64, loss_fn, config, names)
+        extra = {"samples": len(x), **({"top": config.top, "rounds": config.rounds}
+                                       if method == "ntk" else {})}
+    elif method == "obd":
         diag = curvature_diagonal(work, loss_fn, x64, y64, names, config)
         w_new, order = obd_prune(w, diag, n_prune)
         extra["predicted_loss"] = float(0.5 * (diag[order] * w[order].square()).sum())
-        damping = None
     else:
         H = CURVATURES[config.curvature](work, loss_fn, x64, y64, names,
                                          max_params=config.max_params)
@@ -164,6 +178,18 @@ def prune_network(model: nn.Module, method: str, sparsity_: float, x: Tensor, y:
                     extra=extra if i == 0 else {})
         for i, n in enumerate(names)
     ]
+
+
+def _mask_method(work: nn.Module, method: str, sparsity_: float, x: Tensor, y: Tensor,
+                 loss_fn: LossFn, config: NetworkConfig, names: list[str]) -> Tensor:
+    """The flat weights of ``work`` under a SNIP or NTK-preserving mask (no update)."""
+    from .analysis.masks import apply_masks_, ntk_masks, snip_masks
+
+    if method == "snip":
+        masks = snip_masks(work, x, y, sparsity_, loss_fn)
+    else:
+        masks = ntk_masks(work, x, sparsity_, top=min(config.top, len(x)), rounds=config.rounds)
+    return flat_weights(apply_masks_(work, masks), names)
 
 
 def linear_targets(model: nn.Module) -> dict[str, nn.Module]:

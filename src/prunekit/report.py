@@ -173,3 +173,52 @@ def inspect_table(info: dict[str, Any], tensors: bool = True) -> str:
                f"value; {tot['ratio_fp16']:.2f}x smaller than dense fp16 "
                f"({tot['dense_fp16_bytes']:,} B), {tot['ratio_fp32']:.2f}x than fp32")
     return "\n".join(out)
+
+
+NTK_COLUMNS = ("sparsity", "effective_rank", "participation_ratio", "cka", "relative_distance",
+               "top{k}_overlap", "ntk_regression_accuracy", "trained_accuracy")
+
+
+def ntk_table(rows: list[dict[str, Any]], top: int = 10) -> str:
+    """``prunekit ntk``: one row per mask (dense first) with the kernel metrics."""
+    cols = [c.format(k=top) for c in NTK_COLUMNS if c.format(k=top) in rows[0]]
+    table = [("mask", *cols)]
+    for r in rows:
+        table.append((r["mask"], *(f"{r[c]:.1%}" if c == "sparsity" else f"{r[c]:.4f}"
+                                    for c in cols)))
+    return _table(table)
+
+
+def ntk_plots(rows: list[dict[str, Any]], out: Path, top: int = 10) -> list[Path]:
+    """Spectra of the dense and every masked kernel, and top-k overlap against sparsity per
+    method, as PNG files in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [out / "ntk_spectra.png", out / "ntk_overlap.png"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        spec = [max(v, 1e-12) for v in r["spectrum"][:100]]
+        total = sum(r["spectrum"]) or 1.0
+        ax.semilogy([v / total for v in spec], label=r["mask"])
+    ax.set(xlabel="index", ylabel="eigenvalue / trace", title="NTK spectra at initialisation")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    methods: dict[str, list[tuple[float, float]]] = {}
+    for r in rows[1:]:
+        methods.setdefault(r["mask"].split(" ")[0], []).append(
+            (r["sparsity"], r[f"top{top}_overlap"]))
+    for m, pts in methods.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+    ax.set(xlabel="sparsity", ylabel=f"top-{top} eigenspace overlap with the dense NTK")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+    return paths

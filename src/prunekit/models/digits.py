@@ -58,8 +58,9 @@ def digits_mlp(hidden: int = 128, dtype: torch.dtype = torch.float64) -> nn.Sequ
 
 def train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int = 60,
                      batch_size: int = 128, lr: float = 3e-3, weight_decay: float = 1e-4,
-                     seed: int = 0) -> nn.Module:
-    """Adam on cross-entropy, seeded mini-batches; returns the model in eval mode."""
+                     seed: int = 0, after_step=None) -> nn.Module:
+    """Adam on cross-entropy, seeded mini-batches; returns the model in eval mode.
+    ``after_step()`` runs after every optimizer step (a sparsifier's ``step``)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
@@ -71,7 +72,18 @@ def train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int = 60,
             opt.zero_grad()
             loss_fn(model(x[b]), y[b]).backward()
             opt.step()
+            if after_step is not None:
+                after_step()
     return model.eval()
+
+
+def digits_cnn(channels: int = 8, dtype: torch.dtype = torch.float64) -> nn.Sequential:
+    """A small CNN on the 8 × 8 images: two 3 × 3 convolutions (1 → c → 2c, padding 1, ReLU)
+    and a Linear classifier; its Conv and Linear weights are the prunable ones."""
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(2 * channels * 64, N_CLASSES)).to(dtype)
 
 
 def parse_small_spec(spec: str) -> int:
