@@ -16,7 +16,9 @@ schedule from 0 to the target over steps [10 %, 70 %] of the run, updated every 
 the plain running sum of −(∂L/∂W')·W; ``hardstep-S``: masks recomputed after every step, as
 the paper's code does; ``hardwarm-S``: pruning from 30 % to 80 % of the run; ``random-S``: a
 control that ranks by fixed random scores on GMP's schedule);
-soft movement's sparsity is whatever its λ gives; 2:4 is chosen from the pretrained weights
+soft movement's sparsity is whatever its λ gives (``soft-LAMBDA``: the full λ from step 0;
+``softramp-LAMBDA``: λ warmed up on GMP's cubic schedule, 0 until step 10 %, λ from 70 %, as
+the paper's released code does); 2:4 is chosen from the pretrained weights
 at step 0 and fixed (ASP).
 
 Writes docs/experiments/minilm_finetune.md and .json after every run.
@@ -76,6 +78,9 @@ def make_sparsifier(run: str, steps: int, opt) -> Sparsifier | None:
     kind, value = run.split("-", 1)
     if kind == "soft":
         return SoftMovement(lam=float(value), init=0.5, score_lr=0.05)
+    if kind == "softramp":  # λ_t = λ · (GMP's cubic schedule at t) / (its final value)
+        ramp = Cubic(0.0, 0.9, start=steps // 10, end=steps * 7 // 10, frequency=5)
+        return SoftMovement(lam=float(value), init=0.5, score_lr=0.05, lam_schedule=ramp)
     schedule = Cubic(0.0, float(value), start=steps // 10, end=steps * 7 // 10, frequency=5)
     if kind == "hardstep":  # masks recomputed after every step, as in the paper's code
         return HardMovement(Cubic(0.0, float(value), start=steps // 10, end=steps * 7 // 10,
@@ -172,7 +177,9 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=RUNS)
     ap.add_argument("--out", default="docs/experiments")
     ap.add_argument("--tag", default="", help="suffix of the output files (e.g. -500)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     task = stdlib_family_task()
     print(task.summary(), flush=True)
     results = []
