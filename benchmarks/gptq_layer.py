@@ -23,16 +23,14 @@ import torch
 from prunekit.methods.base import relative_error
 from prunekit.quant import QuantSpec, gptq_quantize, rtn_quantize
 from prunekit.quant.grid import fake_quantize, fit_rows
-from sparsegpt_layer import median_time  # benchmarks/ is on the path when run as a script
+from sparsegpt_layer import median_time, textbook_hinv  # benchmarks/ is on sys.path as a script
 
 
 def textbook_gptq(W, H, spec, blocksize=128, rel_damp=0.01):
     """Baseline: GPTQ as commonly implemented (not prunekit's code path)."""
     W = W.clone()
     rows, cols = W.shape
-    H = H.clone()
-    H.diagonal().add_(rel_damp * H.diagonal().mean())
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Hinv = textbook_hinv(H, rel_damp)
     g = spec.group_size(cols)
     scale = zero = None
     if spec.group is None:

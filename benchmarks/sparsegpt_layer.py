@@ -30,13 +30,18 @@ from prunekit.methods.sparsegpt import sparsegpt_prune
 from prunekit.patterns import NM, Unstructured, parse_pattern
 
 
+def textbook_hinv(H, rel_damp=0.01):
+    """The baselines' upper Cholesky factor of (H + λI)⁻¹: factor, invert, factor again."""
+    H = H.clone()
+    H.diagonal().add_(rel_damp * H.diagonal().mean())
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+
 def textbook_sparsegpt(W, H, pattern, blocksize=128, rel_damp=0.01):
     """Baseline: the algorithm as commonly implemented (not prunekit's code path)."""
     W = W.clone()
     rows, cols = W.shape
-    H = H.clone()
-    H.diagonal().add_(rel_damp * H.diagonal().mean())
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Hinv = textbook_hinv(H, rel_damp)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()

@@ -14,7 +14,9 @@ its initial weights for ``--epochs`` epochs of Adam (the same budget for every m
 per network: mean ± std over seeds, whether lottery tickets keep the dense top eigenspace
 better than random masks at each sparsity, and Spearman's ρ between each kernel metric and the
 trained accuracy over all masked points. Writes docs/experiments/ntk_digits.{md,json} and
-docs/img/ntk_digits_{spectra,overlap}.png. Needs scikit-learn and matplotlib.
+docs/img/ntk_digits_{spectra,overlap}.png. Needs scikit-learn and matplotlib. Each finished
+(network, seed) is kept in docs/experiments/ntk_digits.partial.jsonl until the end, so an
+interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -36,11 +38,16 @@ METRICS = ["effective_rank", "participation_ratio", "cka", "relative_distance", 
 NETWORKS = {"mlp 64-128-10": lambda: digits_mlp(128), "cnn 1-8-16 conv3 + fc": lambda: digits_cnn(8)}
 
 
-def run(args) -> list[dict]:
-    rows = []
+def run(args, partial: Path) -> list[dict]:
+    """Every (network, seed); each finished pair is appended to ``partial`` (JSON lines), and
+    pairs already there are reused, so an interrupted run continues where it stopped."""
+    rows = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
+    done = {(r["network"], r["seed"]) for r in rows}
     data = load_digits_split(seed=0)
     for net, make in NETWORKS.items():
         for seed in args.seeds:
+            if (net, seed) in done:
+                continue
             t = time.perf_counter()
             torch.manual_seed(seed)
             init = make()
@@ -49,12 +56,17 @@ def run(args) -> list[dict]:
             masks = masks_for(init, data, requests, budget, progress=lambda s: print("  ", s))
             study = kernel_study(init, data, [(f"{r.method}|{r.sparsity}", m) for r, m in masks],
                                  samples=args.samples, budget=budget)
+            new = []
             for row in study:
                 method, _, level = row["mask"].partition("|")
-                rows.append({"network": net, "seed": seed, "method": method,
-                             "target": float(level) if level else 0.0, **row})
+                new.append({"network": net, "seed": seed, "method": method,
+                            "target": float(level) if level else 0.0,
+                            "seconds": time.perf_counter() - t, **row})
+            with partial.open("a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in new)
+            rows += new
             print(f"{net} seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
-    return rows
+    return [r for r in rows if r["seed"] in args.seeds]
 
 
 def mean_std(values: list[float]) -> str:
@@ -145,11 +157,11 @@ def main() -> None:
     ap.add_argument("--out", default="docs")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    start = time.perf_counter()
-    rows = run(args)
     out, img = Path(args.out) / "experiments", Path(args.out) / "img"
     out.mkdir(parents=True, exist_ok=True)
     img.mkdir(parents=True, exist_ok=True)
+    partial = out / "ntk_digits.partial.jsonl"
+    rows = run(args, partial)
     (out / "ntk_digits.json").write_text(json.dumps(
         {"settings": vars(args), "rows": [{k: v for k, v in r.items() if k != "spectrum"}
                                           for r in rows]}, indent=1) + "\n")
@@ -157,11 +169,13 @@ def main() -> None:
     head = [f"# NTK of pruned networks on digits", "",
             f"`python experiments/ntk_digits.py --seeds {' '.join(map(str, args.seeds))} --levels "
             f"{' '.join(map(str, args.levels))} --epochs {args.epochs} --samples {args.samples}` "
-            f"({time.perf_counter() - start:.0f} s on 2 CPU cores). Kernels at initialisation on "
+            f"({sum({(r['network'], r['seed']): r['seconds'] for r in rows}.values()):.0f} s on "
+            "2 shared CPU cores). Kernels at initialisation on "
             f"{args.samples} training images; accuracies on the 450 test images; mean ± std over "
             f"{len(args.seeds)} seeds.", "",
             "![overlap](../img/ntk_digits_overlap.png)", "", "![spectra](../img/ntk_digits_spectra.png)", ""]
     (out / "ntk_digits.md").write_text("\n".join(head + tables(rows, args.levels)) + "\n")
+    partial.unlink()
 
 
 if __name__ == "__main__":

@@ -195,7 +195,7 @@ def test_cli_flags_reach_the_config(tmp_path, capsys):
                  "--max-params", "5000", "--samples", "50", "--no-eval", "--out", str(out)]) == 0
     report = json.loads((out / "prune_report.json").read_text())
     assert report["config"] == {"curvature": "gauss-newton", "rel_damp": 0.05, "k": 4,
-                                "max_params": 5000}
+                                "max_params": 5000, "top": 10, "rounds": 1}
     assert report["evaluation"] == {} and report["calibration"]["samples"] == 50
     assert report["layers"][0]["damping"] >= 0.05
     assert "test accuracy" not in capsys.readouterr().out

@@ -105,16 +105,34 @@ def lottery_masks(init: nn.Module, data: DigitsData, levels: list[float], budget
 
 def second_order_masks(init: nn.Module, data: DigitsData, method: str, levels: list[float],
                        budget: Budget, samples: int = 512) -> dict[float, Masks]:
-    """Whole-network OBS/OBD (empirical Fisher) masks of the densely trained network."""
-    from ..network import NetworkConfig, prune_network
+    """Whole-network OBS/OBD (empirical Fisher, as ``prunekit prune --method obs-network|obd``)
+    masks of the densely trained network. One greedy OBS run (or one OBD ranking) to the
+    highest level gives every level: the weights removed first are pruned at every level."""
+    from ..curvature import empirical_fisher, fisher_diagonal
+    from ..masks import prune_count
+    from ..methods.obd import obd_prune
+    from ..methods.obs import obs_prune
+    from ..network import NetworkConfig, check_network_size, flat_weights
 
-    trained = train_masked(init, {}, data, budget)
+    work = train_masked(init, {}, data, budget).double()
+    names = list(masks_of(work))
+    w = flat_weights(work, names)
+    x, y = data.x_train[:samples].double(), data.y_train[:samples]
+    loss_fn = nn.CrossEntropyLoss()
+    n_max = prune_count(w.numel(), max(levels))
+    if method == "obs":
+        check_network_size(w.numel(), "obs-network", NetworkConfig())
+        H = empirical_fisher(work, loss_fn, x, y, names)
+        order = obs_prune(w, H, n_max, rel_damp=0.01).order
+    else:
+        _, order = obd_prune(w, fisher_diagonal(work, loss_fn, x, y, names), n_max)
+    shapes = {n: p.shape for n, p in work.named_parameters() if n in names}
     out = {}
     for level in levels:
-        model = copy.deepcopy(trained)
-        prune_network(model, "obs-network" if method == "obs" else "obd", level,
-                      data.x_train[:samples], data.y_train[:samples], config=NetworkConfig())
-        out[level] = masks_of(model)
+        keep = torch.ones(w.numel(), dtype=torch.bool)
+        keep[order[: prune_count(w.numel(), level)]] = False
+        parts = torch.split(keep, [math.prod(shapes[n]) for n in names])
+        out[level] = {n: part.reshape(shapes[n]) for n, part in zip(names, parts)}
     return out
 
 
