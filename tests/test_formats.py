@@ -296,3 +296,24 @@ def test_semi_structured_on_cuda_matches_dense(tmp_path):  # pragma: no cover - 
     model = torch.nn.Sequential(layer)
     assert to_semi_structured_(model) == ["0"]
     assert torch.allclose(model(x), ref, rtol=1e-2, atol=1e-2)
+
+
+def test_cpu_sparse_layers_above_the_measured_threshold(tmp_path):
+    from prunekit.formats.accel import CPU_SPARSE_MIN_SPARSITY, CSRLinear
+
+    model = tiny_model("llama")
+    api.prune_model(model, "magnitude", Unstructured(0.97, "layer"), random_batches(1),
+                    skip=["*.mlp.down_proj"])
+    write_checkpoint(tmp_path, model)
+    batch = random_batches(1)[0]
+    with torch.no_grad():
+        ref = model(**batch).logits
+    loaded = prunekit.load(tmp_path, cpu_sparse=True)
+    kinds = {n: type(m).__name__ for n, m in loaded.model.named_modules() if "layers.0." in n}
+    assert kinds["model.layers.0.mlp.up_proj"] == "CSRLinear"
+    assert kinds["model.layers.0.mlp.down_proj"] == "Linear"  # dense: under the threshold
+    assert CPU_SPARSE_MIN_SPARSITY == 0.95
+    with torch.no_grad():
+        out = loaded.model(**batch).logits
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
+    assert isinstance(loaded.model.model.layers[0].self_attn.q_proj, CSRLinear)

@@ -735,12 +735,15 @@ def _chmod_files(folder: Path) -> None:
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, dtype: str | None = None,
-         device: str = "cpu", semi_structured: bool = False) -> LoadedModel | nn.Module:
+         device: str = "cpu", semi_structured: bool = False, cpu_sparse: bool = False,
+         ) -> LoadedModel | nn.Module:
     """Rebuild a model saved by prunekit: a :class:`LoadedModel` for a Hugging Face model (with
     its tokenizer), the module for a plain one (``model``: an instance to load into, needed
     for a plain class without a builder). Weights equal the saved ones bit for bit; ``dtype``
     and ``device`` convert them afterwards. ``semi_structured``: on CUDA, 2:4 Linear weights
-    become PyTorch semi-structured sparse tensors (float16/bfloat16). Raises
+    become PyTorch semi-structured sparse tensors (float16/bfloat16); ``cpu_sparse``: on the
+    CPU, Linear layers at least 95 % sparse (the measured threshold,
+    :data:`prunekit.formats.accel.CPU_SPARSE_MIN_SPARSITY`) compute with CSR matrices. Raises
     :class:`ModelError` on a corrupt, truncated, foreign or newer checkpoint."""
     from .formats.checkpoint import build_model, load_state_into, read_manifest, read_state
 
@@ -756,6 +759,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, dtype: str | N
         from .formats.accel import to_semi_structured_
 
         to_semi_structured_(module)
+    if cpu_sparse:
+        from .formats.accel import to_cpu_sparse_
+
+        to_cpu_sparse_(module)
     if manifest["model"].get("kind") != "hf" or model is not None:
         return module
     from transformers import AutoTokenizer

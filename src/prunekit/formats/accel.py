@@ -1,8 +1,8 @@
 """Faster sparse layers where the hardware allows: PyTorch's semi-structured (2:4) sparse
 tensors on CUDA, opt-in at load time (``prunekit.load(DIR, device="cuda",
-semi_structured=True)``). On the CPU the weights stay dense: ``benchmarks/sparse_cpu.py``
-measures PyTorch's CSR and BSR matmul against dense, and the figures in docs/formats.md decide
-whether a sparse CPU path is worth it (see :data:`CPU_SPARSE_MIN_SPARSITY`).
+semi_structured=True)``); on the CPU, Linear layers of at least the measured
+:data:`CPU_SPARSE_MIN_SPARSITY` as CSR matrices (``prunekit.load(DIR, cpu_sparse=True)``);
+every other layer stays dense.
 
 torch.sparse.to_sparse_semi_structured compresses a 2:4 fp16/bf16 weight to its kept values
 and metadata for the sparse tensor cores of NVIDIA GPUs from Ampere on (cuSPARSELt or CUTLASS);
@@ -23,10 +23,53 @@ log = logging.getLogger(__name__)
 SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)
 MIN_ROWS, MIN_COLS = 32, 64  # the smallest shapes the CUTLASS kernels take (multiples of these)
 
-#: The sparsity from which a CSR matmul beat dense float32 on this project's CPU machine for
-#: every token count measured; None: it never did in 70-95 % (docs/formats.md, measured with
-#: benchmarks/sparse_cpu.py), so CPU layers stay dense.
-CPU_SPARSE_MIN_SPARSITY: float | None = None
+#: The smallest sparsity at which PyTorch's CSR matmul beat dense float32 on this project's
+#: CPU machine for every token count measured (1, 16, 256) on both 4096×4096 and 11008×4096:
+#: 95 % (1.7–3.3× and 2.1–14×); at 90 % it still lost at 1 token (0.52×, 0.70×), at 70–80 %
+#: mostly (benchmarks/sparse_cpu.py, 2026-11-29, docs/formats.md). BSR with 16 × 16 blocks of an
+#: unstructured mask never won.
+CPU_SPARSE_MIN_SPARSITY = 0.95
+
+
+class CSRLinear(nn.Module):
+    """y = x Wᵀ + b with W held as a CSR tensor (``torch.sparse_csr``): y = (W @ xᵀ)ᵀ. Not
+    bit-identical to the dense matmul (another summation order)."""
+
+    def __init__(self, layer: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.weight = nn.Parameter(layer.weight.detach().to_sparse_csr(), requires_grad=False)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach(),
+                                                                 requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = (self.weight @ x.reshape(-1, self.in_features).T).T
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+def to_cpu_sparse_(model: nn.Module, min_sparsity: float = CPU_SPARSE_MIN_SPARSITY) -> list[str]:
+    """Replace the CPU Linear layers at least ``min_sparsity`` sparse (the measured threshold by
+    default) by :class:`CSRLinear`, in place. Returns their names."""
+    import warnings
+
+    done = []
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or module.weight.device.type != "cpu":
+            continue
+        W = module.weight.detach()
+        if float((W == 0).sum()) / W.numel() < min_sparsity:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            setattr(parent, attr, CSRLinear(module))
+        done.append(name)
+    log.info("%d layers use CSR sparse matmul (>= %.0f%% sparse)", len(done), 100 * min_sparsity)
+    return done
 
 
 def two_four_linears(model: nn.Module) -> list[str]:
