@@ -46,6 +46,7 @@ def main():
           f"{torch.get_num_threads()} threads; start RSS {rss_gib():.2f} GiB")
     for n in args.n:
         x = x_all[:n]
+        n = len(x)  # digits has 1,797 images
         t = time.perf_counter()
         K = jacobian_ntk(model, x, trace=True)
         dt = time.perf_counter() - t
