@@ -220,3 +220,16 @@ def test_ntk_is_a_registered_whole_network_method_and_cli(tmp_path, capsys):
                                                 "ntk_spectra.png", "ntk_overlap.png"}
     rc = main(["ntk", "minilm", "--masks", "random:0.5"])
     assert rc == 2 and "digits-mlp" in capsys.readouterr().err
+
+
+def test_ntk_masks_from_a_saved_checkpoint_of_any_method(tmp_path, capsys):
+    from prunekit.cli import main
+
+    ck = tmp_path / "ck"
+    assert main(["prune", "digits-mlp:8", "--method", "sparsegpt", "--pattern", "2:4",
+                 "--samples", "100", "--quiet", "--no-eval", "--out", str(ck)]) == 0
+    capsys.readouterr()
+    assert main(["ntk", "digits-mlp:8", "--masks", str(ck), "--samples", "30"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith(str(ck)))
+    assert " 50.0% " in row  # the checkpoint's 2:4 zeros are the mask
