@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,13 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def _times(ratio: float) -> str:
+    """'3.20x smaller than' or '1.16x larger than' for a size ratio reference / stored."""
+    if ratio >= 1:
+        return f"{ratio:.2f}x smaller than"
+    return f"{1 / ratio:.2f}x larger than" if ratio > 0 else "no smaller than"
+
+
 def inspect_table(info: dict[str, Any], tensors: bool = True) -> str:
     """``prunekit inspect``: per tensor format, sparsity, bits per value, bytes; then totals
     and the ratios to dense float16 and float32, from the real file sizes."""
@@ -170,8 +178,15 @@ def inspect_table(info: dict[str, Any], tensors: bool = True) -> str:
     files = ", ".join(f"{name} {size:,} B" for name, size in info["files"].items())
     out.append(f"{info['path']}: {tot['values']:,} values, {tot['sparsity']:.1%} zeros, "
                f"{tot['bytes']:,} bytes on disk ({files}) = {tot['bits_per_value']:.3f} bits per "
-               f"value; {tot['ratio_fp16']:.2f}x smaller than dense fp16 "
-               f"({tot['dense_fp16_bytes']:,} B), {tot['ratio_fp32']:.2f}x than fp32")
+               f"value; {_times(tot['ratio_fp16'])} dense fp16 ({tot['dense_fp16_bytes']:,} B), "
+               f"{_times(tot['ratio_fp32'])} dense fp32")
+    packed = [t for t in info["tensors"] if t["shape"] and not t["format"].startswith(("dense", "tied"))]
+    if packed:
+        n = sum(math.prod(t["shape"]) for t in packed)
+        b = sum(t["bytes"] for t in packed)
+        out.append(f"compressed tensors: {len(packed)} holding {n:,} values in {b:,} B = "
+                   f"{8 * b / n:.3f} bits per value ({_times(2 * n / b)} fp16); the other "
+                   f"{tot['values'] - n:,} values are stored dense")
     return "\n".join(out)
 
 
