@@ -532,6 +532,12 @@ def cmd_ntk(args: argparse.Namespace) -> int:
                          f"not {args.model!r}; from Python, prunekit.analysis.ntk takes any "
                          "nn.Module")
     requests = [parse_mask(m) for m in args.masks]
+    if args.out:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("prunekit ntk --out draws its plots with matplotlib: pip install "
+                             "'prunekit[analysis]' (or drop --out for the table only)") from None
     init = small_network(args.model, args.seed)
     out = api.check_output(args.out, args.overwrite) if args.out else None
     data = load_digits_split(seed=0)
