@@ -46,16 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     task = stdlib_family_task()
-    tok, model = exp.load(len(task.labels), 0)
-    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
-    enc = tok(task.train_texts, truncation=True, max_length=args.seqlen, padding="max_length",
-              return_tensors="pt")
-    y = torch.tensor(task.train_labels)
-    head = [p for n, p in model.named_parameters() if n.startswith("classifier")]
-    body = [p for n, p in model.named_parameters()
-            if not n.startswith("classifier") and p.requires_grad]
-    opt = torch.optim.AdamW([{"params": body, "lr": 1e-4}, {"params": head, "lr": 1e-3}],
-                            weight_decay=0.01)
+    tok, model, enc, y, opt = exp.model_and_optimizer(task, args.seqlen, 0)
     sp = HardMovement(Cubic(0.0, 0.9, start=10_000, end=20_000, frequency=5), scope="layer",
                       score_lr=args.score_lr, score_optimizer=args.score_optimizer)
     sp.prepare(model)

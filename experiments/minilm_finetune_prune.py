@@ -112,19 +112,26 @@ def evaluate(model, enc, labels, batch: int = 64) -> tuple[float, float]:
     return float((pred == y).double().mean()), sum(recalls) / len(recalls)
 
 
-def one_run(run: str, task, args) -> dict:
-    tok, model = load(len(task.labels), args.seed)
+def model_and_optimizer(task, seqlen: int, seed: int):
+    """The classifier (word embeddings frozen), the tokenised training split, its labels and
+    AdamW (lr 1e-4 for the encoder, 1e-3 for the fresh head): the setup of every run."""
+    tok, model = load(len(task.labels), seed)
     model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
-    enc = tok(task.train_texts, truncation=True, max_length=args.seqlen, padding="max_length",
+    enc = tok(task.train_texts, truncation=True, max_length=seqlen, padding="max_length",
               return_tensors="pt")
-    test = tok(task.test_texts, truncation=True, max_length=args.seqlen, padding="max_length",
-               return_tensors="pt")
     y = torch.tensor(task.train_labels)
     head = [p for n, p in model.named_parameters() if n.startswith("classifier")]
     body = [p for n, p in model.named_parameters()
             if not n.startswith("classifier") and p.requires_grad]
     opt = torch.optim.AdamW([{"params": body, "lr": 1e-4}, {"params": head, "lr": 1e-3}],
                             weight_decay=0.01)
+    return tok, model, enc, y, opt
+
+
+def one_run(run: str, task, args) -> dict:
+    tok, model, enc, y, opt = model_and_optimizer(task, args.seqlen, args.seed)
+    test = tok(task.test_texts, truncation=True, max_length=args.seqlen, padding="max_length",
+               return_tensors="pt")
     sp = make_sparsifier(run, args.steps, opt)
     if sp is not None:
         sp.prepare(model)
