@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     task = stdlib_family_task()
-    tok, model, enc, y, opt = exp.model_and_optimizer(task, args.seqlen, 0)
+    _, model, enc, y, opt = exp.model_and_optimizer(task, args.seqlen, 0)
     sp = HardMovement(Cubic(0.0, 0.9, start=10_000, end=20_000, frequency=5), scope="layer",
                       score_lr=args.score_lr, score_optimizer=args.score_optimizer)
     sp.prepare(model)
