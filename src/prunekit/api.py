@@ -987,3 +987,110 @@ def save_module(model: nn.Module, report: PruneReport, out: str | os.PathLike,
         _chmod_files(tmp)
 
     return write_output(report, out, overwrite, write)
+
+
+# --- the accuracy-versus-size frontier ---------------------------------------------------------
+
+POINT_FILE = "point.json"
+
+
+def _checkpoint_bytes(folder: Path) -> int:
+    from .formats.checkpoint import MANIFEST, WEIGHTS
+
+    return sum((folder / f).stat().st_size for f in (WEIGHTS, MANIFEST))
+
+
+def _run_recipe(loaded: LoadedModel, recipe: Any, batches: Sequence[dict[str, torch.Tensor]],
+                info: dict[str, Any], measure: Callable[[nn.Module], dict[str, Any]]
+                ) -> tuple[LoadedModel, PruneReport | None, dict[str, Any]]:
+    """Compress a copy of ``loaded`` by ``recipe``; its evaluation (float tensors evaluated in
+    float32 after rounding to the recipe's dtype)."""
+    from .quant import QuantSpec
+
+    work = copy_model(loaded)
+    spec = (QuantSpec(recipe.bits, recipe.group, recipe.symmetric)
+            if recipe.bits is not None else None)
+    report = None
+    if recipe.method is not None:
+        settings = {} if spec is None else {"quant": spec, "quant_method": recipe.quantizer}
+        report = run_one(work, recipe.method, resolve_pattern(recipe.pattern, recipe.method),
+                         batches, calibration_info=info,
+                         config=make_config(recipe.method, settings), measure=None)
+    elif spec is not None:
+        report = run_one(work, recipe.quantizer, None, batches, calibration_info=info,
+                         config=make_config(recipe.quantizer, {"quant": spec}), measure=None)
+    work.model.to(model_dtype(recipe.dtype))  # what is stored; measured in float32
+    return work, report, measure(copy.deepcopy(work.model).float())
+
+
+def pareto(model: str | LoadedModel, out: str | os.PathLike, grid: str = "default", *,
+           calib: str = "stdlib", samples: int = 64, seqlen: int = 128, batch_size: int = 8,
+           seed: int = 0, progress: Callable[[str, int, int], None] | None = None,
+           ) -> dict[str, Any]:
+    """Measure every point of ``grid`` ("default" or a YAML file) on ``model``: quality (the
+    model's own metric), bytes of its real prunekit checkpoint, ratio to dense fp16, seconds;
+    then the frontier. Points already measured in ``out`` are reused (an interrupted run
+    resumes). Writes out/points/NAME/ (checkpoint and point.json), pareto.json, pareto.md and
+    pareto.png; returns the pareto.json content."""
+    import json
+
+    from .analysis.pareto import load_grid
+    from .formats.checkpoint import write_checkpoint
+
+    recipes = load_grid(grid)  # every recipe checked before any work
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file: pass a folder")
+    t0 = time.perf_counter()
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
+                          max_positions(loaded.model))
+    measure = prepare_evaluation(loaded, calib, seqlen, "cpu")
+    info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
+            "tokens": samples * seqlen}
+    quality, higher = ("cosine", True) if loaded.kind == "encoder" else ("pruned_ppl", False)
+    numel = sum(t.numel() for t in loaded.model.state_dict().values() if t.is_floating_point())
+    points = []
+    for i, recipe in enumerate(recipes):
+        folder = out / "points" / recipe.name
+        if (folder / POINT_FILE).is_file():
+            points.append(json.loads((folder / POINT_FILE).read_text()))
+            continue
+        if progress is not None:
+            progress(recipe.name, i, len(recipes))
+        start = time.perf_counter()
+        work, report, evaluation = _run_recipe(loaded, recipe, batches, info, measure)
+        seconds = time.perf_counter() - start
+        point = {"name": recipe.name, "recipe": dataclasses.asdict(recipe),
+                 "label": recipe.describe(), "quality_metric": quality,
+                 quality: evaluation[quality], "evaluation": evaluation, "seconds": seconds}
+
+        def write(tmp: Path) -> None:
+            write_checkpoint(tmp, work.model, quantized=quantized_weights(report) if report else None,
+                             report=report.to_dict() if report else None,
+                             provenance={"source": loaded.source, "recipe": recipe.describe()})
+            point["bytes"] = _checkpoint_bytes(tmp)
+            point["ratio_fp16"] = 2 * numel / point["bytes"]
+            (tmp / POINT_FILE).write_text(json.dumps(point, indent=1, default=str) + "\n")
+
+        write_folder(folder, True, write)
+        points.append(point)
+    result = summarize_points(points, quality, higher, loaded.source, info, numel)
+    result["seconds_this_run"] = time.perf_counter() - t0
+    from .report import pareto_report
+
+    pareto_report(result, out)
+    return result
+
+
+def summarize_points(points: list[dict], quality: str, higher: bool, source: str,
+                     calibration_info: dict, numel: int) -> dict[str, Any]:
+    """The frontier flags and domination lists of measured points."""
+    from .analysis.pareto import dominated_by, frontier
+
+    flags = frontier(points, quality, higher)
+    for p, on in zip(points, flags):
+        p["frontier"] = on
+    return {"model": source, "quality_metric": quality, "higher_is_better": higher,
+            "calibration": calibration_info, "dense_fp16_bytes": 2 * numel, "points": points,
+            "dominates": dominated_by(points, quality, higher)}

@@ -197,6 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--out", help="folder for ntk_report.{md,json} and the PNG plots")
     n.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
+    pa = sub.add_parser("pareto", parents=[common],
+                        help="measure a grid of compression recipes (quality, real bytes, time) "
+                             "and draw the accuracy-versus-size frontier")
+    pa.add_argument("model", help="Hugging Face id, local model folder, or 'minilm' (built-in)")
+    pa.add_argument("--grid", default="default",
+                    help="'default' (dense fp32/fp16/bf16, int8, int4, 50 %%, 2:4, each + int4, "
+                         "70/80/90 %% + int4, magnitude/RTN baselines) or a YAML grid file "
+                         "(docs/pareto.md)")
+    pa.add_argument("--out", required=True,
+                    help="folder for the points' checkpoints and pareto.{md,json,png}; points "
+                         "already measured there are reused (resume)")
+    _add_calibration(pa, samples=64, seqlen=128)
+
     d = sub.add_parser("demo", parents=[common], help="prune the built-in MiniLM with every method and compare")
     _add_calibration(d, samples=64, seqlen=128)
 
@@ -565,6 +578,33 @@ def cmd_ntk(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .analysis.pareto import load_grid
+    from .report import pareto_table
+
+    if args.device != "cpu" or args.dtype != "float32":
+        raise UsageError("prunekit pareto runs on the CPU in float32 (the grid sets the dtypes)")
+    grid = load_grid(args.grid)  # a bad grid fails here, before the model loads
+    bar = tqdm(total=len(grid), desc="pareto", unit="point", file=sys.stderr)
+
+    def progress(name: str, i: int, n: int) -> None:
+        bar.n = i
+        bar.set_description(f"pareto: {name}")
+        bar.refresh()
+
+    result = api.pareto(args.model, args.out, args.grid, calib=args.calib, samples=args.samples,
+                        seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed,
+                        progress=progress)
+    bar.n = len(grid)
+    bar.close()
+    print(pareto_table(result))
+    print(f"frontier: {', '.join(p['name'] for p in result['points'] if p['frontier'])}")
+    print(f"report: {args.out}/pareto.md (pareto.json, pareto.png)")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
@@ -576,7 +616,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"prune": cmd_prune, "quantize": cmd_quantize, "inspect": cmd_inspect,
-            "ntk": cmd_ntk, "demo": cmd_demo, "methods": cmd_methods}
+            "ntk": cmd_ntk, "pareto": cmd_pareto, "demo": cmd_demo, "methods": cmd_methods}
 
 
 def _one_line(exc: BaseException) -> str:

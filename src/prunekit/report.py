@@ -237,3 +237,75 @@ def ntk_plots(rows: list[dict[str, Any]], out: Path, top: int = 10) -> list[Path
     fig.savefig(paths[1], dpi=110)
     plt.close(fig)
     return paths
+
+
+def _loss(point: dict[str, Any], quality: str) -> float:
+    """Relative quality loss against the dense model: 1 − cosine, or ppl / dense ppl − 1."""
+    if quality == "cosine":
+        return 1.0 - point[quality]
+    dense = point["evaluation"].get("dense_ppl")
+    return point[quality] / dense - 1.0 if dense else float("nan")
+
+
+def pareto_table(result: dict[str, Any]) -> str:
+    q = result["quality_metric"]
+    rows = [("point", "recipe", "bytes", "x fp16", q, "loss", "sec", "frontier")]
+    for p in sorted(result["points"], key=lambda p: p["bytes"]):
+        rows.append((p["name"], p["label"], f"{p['bytes']:,}", f"{p['ratio_fp16']:.2f}",
+                     f"{p[q]:.4f}", f"{_loss(p, q):.2%}", f"{p['seconds']:.0f}",
+                     "*" if p["frontier"] else ""))
+    return _table(rows)
+
+
+def pareto_report(result: dict[str, Any], out: Path) -> None:
+    """pareto.json, pareto.md (table, plot, the literature's rough frontier beside the measured
+    one, which points beat which) and pareto.png in ``out``."""
+    from .analysis.pareto import LITERATURE
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pareto.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    q, points = result["quality_metric"], result["points"]
+    lines = [f"# Accuracy against size: {result['model']}", "",
+             f"Quality: {q} ({'higher' if result['higher_is_better'] else 'lower'} is better); "
+             f"loss relative to the dense float32 model; bytes of each point's real prunekit "
+             f"checkpoint (prunekit.safetensors + prunekit.json); dense fp16 would be "
+             f"{result['dense_fp16_bytes']:,} B. Calibration: {result['calibration']}.", "",
+             "![frontier](pareto.png)", "", "```", pareto_table(result), "```", "",
+             "The literature's rough frontier beside the measured point nearest in size:", "",
+             "| literature | x smaller than fp16 | loss | nearest measured | x | loss |",
+             "|---|---|---|---|---|---|"]
+    for label, frac, loss in LITERATURE:
+        near = min(points, key=lambda p: abs(math.log(p["ratio_fp16"] * frac)))
+        lines.append(f"| {label} | {1 / frac:.0f} | {loss:.0%} | {near['name']} | "
+                     f"{near['ratio_fp16']:.2f} | {_loss(near, q):.2%} |")
+    lines += ["", "Points on the frontier and the points each one beats (no larger, no worse):", ""]
+    for p in sorted(points, key=lambda p: p["bytes"]):
+        if p["frontier"]:
+            beaten = result["dominates"][p["name"]]
+            lines.append(f"- **{p['name']}** ({p['label']}): beats "
+                         f"{', '.join(beaten) if beaten else 'none'}")
+    (out / "pareto.md").write_text("\n".join(lines) + "\n")
+    _pareto_plot(result, out / "pareto.png")
+
+
+def _pareto_plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    q, points = result["quality_metric"], result["points"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for p in points:
+        ax.scatter(p["bytes"] / 2**20, p[q], c="tab:red" if p["frontier"] else "tab:gray", s=20)
+        ax.annotate(p["name"], (p["bytes"] / 2**20, p[q]), fontsize=6, xytext=(3, 2),
+                    textcoords="offset points")
+    front = sorted((p for p in points if p["frontier"]), key=lambda p: p["bytes"])
+    ax.plot([p["bytes"] / 2**20 for p in front], [p[q] for p in front], c="tab:red",
+            label="measured frontier")
+    ax.set(xscale="log", xlabel="checkpoint size (MiB, log)", ylabel=q,
+           title=f"{result['model']}: quality against size")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
