@@ -146,3 +146,21 @@ def test_cli_invalid_grid_fails_before_loading_the_model(tmp_path, capsys, monke
     err = capsys.readouterr().err
     assert rc == 2 and "unknown key(s) colour" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_pareto_on_a_classifier_reports_test_accuracy(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("points:\n  - {name: dense}\n  - {name: sgpt-50-int4, method: sparsegpt, "
+                    "pattern: 0.5, bits: 4, group: 16}\n  - {name: int8, bits: 8, group: null, "
+                    "quantizer: rtn, dtype: float16}\n")
+    result = api.pareto("digits-mlp:16", tmp_path / "out", str(grid), samples=200)
+    assert result["quality_metric"] == "accuracy"
+    points = {p["name"]: p for p in result["points"]}
+    assert 0.8 < points["dense"]["accuracy"] <= 1
+    assert points["sgpt-50-int4"]["bytes"] < points["dense"]["bytes"]
+    assert points["int8"]["accuracy"] == pytest.approx(points["dense"]["accuracy"], abs=0.02)
+    import prunekit
+
+    back = prunekit.load(tmp_path / "out" / "points" / "sgpt-50-int4")  # builder digits-mlp:16
+    assert sum(int((p == 0).sum()) for n, p in back.named_parameters() if n.endswith("weight")) \
+        >= 0.5 * (64 * 16 + 16 * 10)

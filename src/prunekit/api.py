@@ -1042,14 +1042,11 @@ def pareto(model: str | LoadedModel, out: str | os.PathLike, grid: str = "defaul
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file: pass a folder")
     t0 = time.perf_counter()
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
-                          max_positions(loaded.model))
-    measure = prepare_evaluation(loaded, calib, seqlen, "cpu")
-    info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
-            "tokens": samples * seqlen}
-    quality, higher = ("cosine", True) if loaded.kind == "encoder" else ("pruned_ppl", False)
-    numel = sum(t.numel() for t in loaded.model.state_dict().values() if t.is_floating_point())
+    if isinstance(model, str) and is_small_model(model):
+        setup = _classifier_points(model, samples, seed)
+    else:
+        setup = _transformer_points(model, calib, samples, seqlen, batch_size, seed)
+    run, quality, higher, source, info, numel, builder = setup
     points = []
     for i, recipe in enumerate(recipes):
         folder = out / "points" / recipe.name
@@ -1059,28 +1056,81 @@ def pareto(model: str | LoadedModel, out: str | os.PathLike, grid: str = "defaul
         if progress is not None:
             progress(recipe.name, i, len(recipes))
         start = time.perf_counter()
-        work, report, evaluation = _run_recipe(loaded, recipe, batches, info, measure)
+        module, results, evaluation = run(recipe)
         seconds = time.perf_counter() - start
         point = {"name": recipe.name, "recipe": dataclasses.asdict(recipe),
                  "label": recipe.describe(), "quality_metric": quality,
                  quality: evaluation[quality], "evaluation": evaluation, "seconds": seconds}
 
         def write(tmp: Path) -> None:
-            write_checkpoint(tmp, work.model, quantized=quantized_weights(report) if report else None,
-                             report=report.to_dict() if report else None,
-                             provenance={"source": loaded.source, "recipe": recipe.describe()})
+            write_checkpoint(tmp, module, quantized=quantized_weights(results or []),
+                             builder=builder,
+                             provenance={"source": source, "recipe": recipe.describe()})
             point["bytes"] = _checkpoint_bytes(tmp)
             point["ratio_fp16"] = 2 * numel / point["bytes"]
             (tmp / POINT_FILE).write_text(json.dumps(point, indent=1, default=str) + "\n")
 
         write_folder(folder, True, write)
         points.append(point)
-    result = summarize_points(points, quality, higher, loaded.source, info, numel)
+    result = summarize_points(points, quality, higher, source, info, numel)
     result["seconds_this_run"] = time.perf_counter() - t0
     from .report import pareto_report
 
     pareto_report(result, out)
     return result
+
+
+def _transformer_points(model: str | LoadedModel, calib: str, samples: int, seqlen: int,
+                        batch_size: int, seed: int) -> tuple:
+    """(run(recipe), quality key, higher is better, source, calibration info, float values,
+    builder) for a Hugging Face model: embedding fidelity or perplexity."""
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
+                          max_positions(loaded.model))
+    measure = prepare_evaluation(loaded, calib, seqlen, "cpu")
+    info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
+            "tokens": samples * seqlen}
+    quality, higher = ("cosine", True) if loaded.kind == "encoder" else ("pruned_ppl", False)
+    numel = sum(t.numel() for t in loaded.model.state_dict().values() if t.is_floating_point())
+
+    def run(recipe: Any) -> tuple[nn.Module, list[LayerResult], dict[str, Any]]:
+        work, report, evaluation = _run_recipe(loaded, recipe, batches, info, measure)
+        return work.model, (report.layers if report else []), evaluation
+
+    return run, quality, higher, loaded.source, info, numel, None
+
+
+def _classifier_points(spec: str, samples: int, seed: int) -> tuple:
+    """The same for a built-in classifier (``digits-mlp[:HIDDEN]``): test accuracy on the held-
+    out split; layer methods calibrated on the first ``samples`` training images."""
+    from .models.digits import parse_small_spec, trained_digits_mlp
+    from .network import prune_layers
+    from .quant import QuantSpec
+
+    net, data = trained_digits_mlp(parse_small_spec(spec), seed=seed)
+    x = data.x_train[:samples]
+    dense = classifier_metrics(net, data.x_test, data.y_test)
+    info = {"source": "sklearn digits (train split)", "samples": len(x), "seed": seed}
+
+    def run(recipe: Any) -> tuple[nn.Module, list[LayerResult], dict[str, Any]]:
+        work = copy.deepcopy(net)
+        spec_q = (QuantSpec(recipe.bits, recipe.group, recipe.symmetric)
+                  if recipe.bits is not None else None)
+        results: list[LayerResult] = []
+        if recipe.method is not None:
+            settings = {} if spec_q is None else {"quant": spec_q, "quant_method": recipe.quantizer}
+            results = prune_layers(work, recipe.method, resolve_pattern(recipe.pattern, recipe.method),
+                                   x, make_config(recipe.method, settings))
+        elif spec_q is not None:
+            results = prune_layers(work, recipe.quantizer, None, x,
+                                   make_config(recipe.quantizer, {"quant": spec_q}))
+        work.to(model_dtype(recipe.dtype))  # what is stored; measured in the data's dtype
+        evaluated = copy.deepcopy(work).to(data.x_test.dtype)
+        return work, results, {**classifier_metrics(evaluated, data.x_test, data.y_test),
+                               "dense_accuracy": dense["accuracy"]}
+
+    numel = sum(t.numel() for t in net.state_dict().values() if t.is_floating_point())
+    return run, "accuracy", True, spec, info, numel, spec
 
 
 def summarize_points(points: list[dict], quality: str, higher: bool, source: str,

@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("pareto", parents=[common],
                         help="measure a grid of compression recipes (quality, real bytes, time) "
                              "and draw the accuracy-versus-size frontier")
-    pa.add_argument("model", help="Hugging Face id, local model folder, or 'minilm' (built-in)")
+    pa.add_argument("model", help="Hugging Face id, local model folder, 'minilm' (built-in), or "
+                                  "'digits-mlp[:HIDDEN]' (a classifier: test accuracy)")
     pa.add_argument("--grid", default="default",
                     help="'default' (dense fp32/fp16/bf16, int8, int4, 50 %%, 2:4, each + int4, "
                          "70/80/90 %% + int4, magnitude/RTN baselines) or a YAML grid file "

@@ -240,9 +240,12 @@ def ntk_plots(rows: list[dict[str, Any]], out: Path, top: int = 10) -> list[Path
 
 
 def _loss(point: dict[str, Any], quality: str) -> float:
-    """Relative quality loss against the dense model: 1 − cosine, or ppl / dense ppl − 1."""
+    """Relative quality loss against the dense model: 1 − cosine, 1 − accuracy / dense
+    accuracy, or ppl / dense ppl − 1."""
     if quality == "cosine":
         return 1.0 - point[quality]
+    if quality == "accuracy":
+        return 1.0 - point[quality] / point["evaluation"]["dense_accuracy"]
     dense = point["evaluation"].get("dense_ppl")
     return point[quality] / dense - 1.0 if dense else float("nan")
 
