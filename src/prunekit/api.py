@@ -7,6 +7,7 @@ import copy
 import fnmatch
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -1046,7 +1047,7 @@ def pareto(model: str | LoadedModel, out: str | os.PathLike, grid: str = "defaul
         setup = _classifier_points(model, samples, seed)
     else:
         setup = _transformer_points(model, calib, samples, seqlen, batch_size, seed)
-    run, quality, higher, source, info, numel, builder = setup
+    run, quality, higher, source, info, numel, builder, targets = setup
     points = []
     for i, recipe in enumerate(recipes):
         folder = out / "points" / recipe.name
@@ -1068,6 +1069,7 @@ def pareto(model: str | LoadedModel, out: str | os.PathLike, grid: str = "defaul
                              provenance={"source": source, "recipe": recipe.describe()})
             point["bytes"] = _checkpoint_bytes(tmp)
             point["ratio_fp16"] = 2 * numel / point["bytes"]
+            point.update(_target_bytes(tmp, targets))
             (tmp / POINT_FILE).write_text(json.dumps(point, indent=1, default=str) + "\n")
 
         write_folder(folder, True, write)
@@ -1078,6 +1080,18 @@ def pareto(model: str | LoadedModel, out: str | os.PathLike, grid: str = "defaul
 
     pareto_report(result, out)
     return result
+
+
+def _target_bytes(folder: Path, targets: set[str]) -> dict[str, Any]:
+    """Bytes and ratio to fp16 of the compressible layers' weights alone (the Linear layers of
+    the blocks), from the checkpoint's own part sizes."""
+    from .formats.checkpoint import inspect_checkpoint
+
+    rows = [t for t in inspect_checkpoint(folder)["tensors"] if t["name"] in targets]
+    values = sum(math.prod(t["shape"]) for t in rows)
+    stored = sum(t["bytes"] for t in rows)
+    return {"layer_bytes": stored, "layer_values": values,
+            "layer_ratio_fp16": 2 * values / stored if stored else 0.0}
 
 
 def _transformer_points(model: str | LoadedModel, calib: str, samples: int, seqlen: int,
@@ -1097,7 +1111,8 @@ def _transformer_points(model: str | LoadedModel, calib: str, samples: int, seql
         work, report, evaluation = _run_recipe(loaded, recipe, batches, info, measure)
         return work.model, (report.layers if report else []), evaluation
 
-    return run, quality, higher, loaded.source, info, numel, None
+    targets = {f"{n}.weight" for n in HFAdapter().all_targets(loaded.model)}
+    return run, quality, higher, loaded.source, info, numel, None, targets
 
 
 def _classifier_points(spec: str, samples: int, seed: int) -> tuple:
@@ -1130,7 +1145,10 @@ def _classifier_points(spec: str, samples: int, seed: int) -> tuple:
                                "dense_accuracy": dense["accuracy"]}
 
     numel = sum(t.numel() for t in net.state_dict().values() if t.is_floating_point())
-    return run, "accuracy", True, spec, info, numel, spec
+    from .network import linear_targets
+
+    targets = {f"{n}.weight" for n in linear_targets(net)}
+    return run, "accuracy", True, spec, info, numel, spec, targets
 
 
 def summarize_points(points: list[dict], quality: str, higher: bool, source: str,
