@@ -261,6 +261,16 @@ def pareto_table(result: dict[str, Any]) -> str:
     return _table(rows)
 
 
+def _best_near(points: list[dict[str, Any]], key: str, frac: float, quality: str,
+               higher: bool) -> dict[str, Any]:
+    """The best point among those whose ``key`` ratio is within 10 % (in log) of the nearest
+    one to 1/frac."""
+    dist = {id(p): abs(math.log(max(p.get(key, 0.0), 1e-9) * frac)) for p in points}
+    closest = min(dist.values())
+    near = [p for p in points if dist[id(p)] <= closest + 0.1]
+    return max(near, key=lambda p: p[quality] if higher else -p[quality])
+
+
 def pareto_report(result: dict[str, Any], out: Path) -> None:
     """pareto.json, pareto.md (table, plot, the literature's rough frontier beside the measured
     one, which points beat which) and pareto.png in ``out``."""
@@ -278,14 +288,13 @@ def pareto_report(result: dict[str, Any], out: Path) -> None:
              "'x fp16' is the whole checkpoint against the model in dense fp16; 'layers x fp16' "
              "the compressible Linear layers alone (embeddings and norms are never pruned or "
              "quantized, and in a small model they dominate the file).", "",
-             "The literature's rough frontier beside the measured point nearest in size, by "
-             "the whole file and by the compressible layers:", "",
+             "The literature's rough frontier beside the best measured point nearest in size, "
+             "by the whole file and by the compressible layers:", "",
              "| literature | x smaller than fp16 | loss | nearest (file) | x | loss | "
              "nearest (layers) | layers x | loss |", "|---|---|---|---|---|---|---|---|---|"]
     for label, frac, loss in LITERATURE:
-        near = min(points, key=lambda p: abs(math.log(p["ratio_fp16"] * frac)))
-        lay = min(points, key=lambda p: abs(math.log(max(p.get("layer_ratio_fp16", 1e-9), 1e-9)
-                                                    * frac)))
+        near = _best_near(points, "ratio_fp16", frac, q, result["higher_is_better"])
+        lay = _best_near(points, "layer_ratio_fp16", frac, q, result["higher_is_better"])
         lines.append(f"| {label} | {1 / frac:.0f} | {loss:.0%} | {near['name']} | "
                      f"{near['ratio_fp16']:.2f} | {_loss(near, q):.2%} | {lay['name']} | "
                      f"{lay.get('layer_ratio_fp16', float('nan')):.2f} | {_loss(lay, q):.2%} |")
