@@ -164,3 +164,19 @@ def test_pareto_on_a_classifier_reports_test_accuracy(tmp_path):
     back = prunekit.load(tmp_path / "out" / "points" / "sgpt-50-int4")  # builder digits-mlp:16
     assert sum(int((p == 0).sum()) for n, p in back.named_parameters() if n.endswith("weight")) \
         >= 0.5 * (64 * 16 + 16 * 10)
+
+
+def test_pareto_on_a_causal_lm_uses_perplexity(tmp_path):
+    from conftest import tiny_model
+    from test_cli import _bpe_tokenizer
+
+    loaded = LoadedModel(model=tiny_model("llama"), tokenizer=_bpe_tokenizer(), source="tiny-llama",
+                         kind="causal")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("points:\n  - {name: dense}\n  - {name: mag-50, method: magnitude, "
+                    "pattern: 0.5}\n")
+    result = api.pareto(loaded, tmp_path / "out", str(grid), samples=4, seqlen=16, batch_size=2)
+    assert result["quality_metric"] == "pruned_ppl" and not result["higher_is_better"]
+    points = {p["name"]: p for p in result["points"]}
+    assert points["mag-50"]["pruned_ppl"] > 1 and points["dense"]["pruned_ppl"] > 1
+    assert "lower is better" in (tmp_path / "out" / "pareto.md").read_text()
