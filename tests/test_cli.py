@@ -551,3 +551,21 @@ def test_tensor_format_forces_one_format_for_compressed_layers(models, tmp_path,
 def test_inspect_something_else_is_one_line(models, capsys):
     rc = main(["inspect", str(models["llama"])])
     assert rc == 2 and "not a prunekit checkpoint" in _error_line(capsys.readouterr().err)
+
+
+def test_prune_then_quantize_across_commands_keeps_the_mask(models, tmp_path, capsys):
+    pruned, quantized = tmp_path / "pruned", tmp_path / "quantized"
+    assert main(["prune", str(models["llama"]), "--pattern", "2:4", *FAST, "--no-eval", "--quiet",
+                 "--out", str(pruned)]) == 0
+    assert main(["quantize", str(pruned), "--bits", "4", "--group", "16", *FAST, "--no-eval",
+                 "--quiet", "--out", str(quantized)]) == 0
+    capsys.readouterr()
+    before = _targets(_load_back(pruned, "llama"), "llama")
+    after = _targets(_load_back(quantized, "llama"), "llama")
+    for name, W in after.items():
+        assert bool((W[before[name] == 0] == 0).all()), name  # every pruned weight stays zero
+    assert main(["inspect", str(quantized), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    formats = {t["format"].split()[0] for t in info["tensors"] if ".layers." in t["name"]
+               and t["shape"] and len(t["shape"]) == 2}
+    assert formats == {"quant-nm"}
