@@ -1001,25 +1001,31 @@ def _checkpoint_bytes(folder: Path) -> int:
     return sum((folder / f).stat().st_size for f in (WEIGHTS, MANIFEST))
 
 
+def _recipe_plan(recipe: Any) -> tuple[str | None, Pattern | None, MethodConfig | None]:
+    """(method, pattern, config) a grid recipe runs: a pruning method (quantizing the kept
+    weights with ``bits``), a quantizer alone, or nothing (a dense point)."""
+    from .quant import QuantSpec
+
+    spec = (QuantSpec(recipe.bits, recipe.group, recipe.symmetric)
+            if recipe.bits is not None else None)
+    if recipe.method is not None:
+        settings = {} if spec is None else {"quant": spec, "quant_method": recipe.quantizer}
+        return (recipe.method, resolve_pattern(recipe.pattern, recipe.method),
+                make_config(recipe.method, settings))
+    if spec is not None:
+        return recipe.quantizer, None, make_config(recipe.quantizer, {"quant": spec})
+    return None, None, None
+
+
 def _run_recipe(loaded: LoadedModel, recipe: Any, batches: Sequence[dict[str, torch.Tensor]],
                 info: dict[str, Any], measure: Callable[[nn.Module], dict[str, Any]]
                 ) -> tuple[LoadedModel, PruneReport | None, dict[str, Any]]:
     """Compress a copy of ``loaded`` by ``recipe``; its evaluation (float tensors evaluated in
     float32 after rounding to the recipe's dtype)."""
-    from .quant import QuantSpec
-
     work = copy_model(loaded)
-    spec = (QuantSpec(recipe.bits, recipe.group, recipe.symmetric)
-            if recipe.bits is not None else None)
-    report = None
-    if recipe.method is not None:
-        settings = {} if spec is None else {"quant": spec, "quant_method": recipe.quantizer}
-        report = run_one(work, recipe.method, resolve_pattern(recipe.pattern, recipe.method),
-                         batches, calibration_info=info,
-                         config=make_config(recipe.method, settings), measure=None)
-    elif spec is not None:
-        report = run_one(work, recipe.quantizer, None, batches, calibration_info=info,
-                         config=make_config(recipe.quantizer, {"quant": spec}), measure=None)
+    method, pattern, config = _recipe_plan(recipe)
+    report = None if method is None else run_one(
+        work, method, pattern, batches, calibration_info=info, config=config, measure=None)
     work.model.to(model_dtype(recipe.dtype))  # what is stored; measured in float32
     return work, report, measure(copy.deepcopy(work.model).float())
 
@@ -1046,7 +1052,7 @@ def pareto(model: str | LoadedModel, out: str | os.PathLike, grid: str = "defaul
     t0 = time.perf_counter()
     if labels is not None:
         examples = read_labelled(labels)  # before the model loads
-        setup = _labelled_points(model, examples, calib, samples, seqlen, batch_size, seed)
+        setup = _transformer_points(model, calib, samples, seqlen, batch_size, seed, examples)
     elif isinstance(model, str) and is_small_model(model):
         setup = _classifier_points(model, samples, seed)
     else:
@@ -1098,27 +1104,6 @@ def _target_bytes(folder: Path, targets: set[str]) -> dict[str, Any]:
             "layer_ratio_fp16": 2 * values / stored if stored else 0.0}
 
 
-def _transformer_points(model: str | LoadedModel, calib: str, samples: int, seqlen: int,
-                        batch_size: int, seed: int) -> tuple:
-    """(run(recipe), quality key, higher is better, source, calibration info, float values,
-    builder) for a Hugging Face model: embedding fidelity or perplexity."""
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
-                          max_positions(loaded.model))
-    measure = prepare_evaluation(loaded, calib, seqlen, "cpu")
-    info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
-            "tokens": samples * seqlen}
-    quality, higher = ("cosine", True) if loaded.kind == "encoder" else ("pruned_ppl", False)
-    numel = sum(t.numel() for t in loaded.model.state_dict().values() if t.is_floating_point())
-
-    def run(recipe: Any) -> tuple[nn.Module, list[LayerResult], dict[str, Any]]:
-        work, report, evaluation = _run_recipe(loaded, recipe, batches, info, measure)
-        return work.model, (report.layers if report else []), evaluation
-
-    targets = {f"{n}.weight" for n in HFAdapter().all_targets(loaded.model)}
-    return run, quality, higher, loaded.source, info, numel, None, targets
-
-
 def read_labelled(path: str) -> list[tuple[str, str]]:
     """(text, label) pairs of a JSONL file (one {"text": ..., "label": ...} per line) or a CSV
     file with ``text`` and ``label`` columns."""
@@ -1142,23 +1127,55 @@ def read_labelled(path: str) -> list[tuple[str, str]]:
     return [(str(r["text"]), str(r["label"])) for r in rows]
 
 
-def _labelled_points(model: str | LoadedModel, examples: list[tuple[str, str]], calib: str,
-                     samples: int, seqlen: int, batch_size: int, seed: int) -> tuple:
-    """A Hugging Face sequence classifier: calibrated on ``calib`` text, quality = accuracy on
-    the labelled ``examples`` (labels matched to the model's id2label names or as indices)."""
-    if isinstance(model, LoadedModel):
-        loaded = model
+def _transformer_points(model: str | LoadedModel, calib: str, samples: int, seqlen: int,
+                        batch_size: int, seed: int,
+                        examples: list[tuple[str, str]] | None = None) -> tuple:
+    """(run(recipe), quality key, higher is better, source, calibration info, float values,
+    builder, target weight names) for a Hugging Face model: embedding fidelity or perplexity;
+    with labelled ``examples``, a sequence classifier's accuracy on them."""
+    if examples is None:
+        loaded = model if isinstance(model, LoadedModel) else load_model(model)
+        measure = prepare_evaluation(loaded, calib, seqlen, "cpu")
+        quality, higher = (("cosine", True) if loaded.kind == "encoder"
+                           else ("pruned_ppl", False))
+        extra: dict[str, Any] = {}
     else:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        loaded = (model if isinstance(model, LoadedModel)
+                  else _load_sequence_classifier(model))
+        measure = _accuracy_on(loaded, examples, seqlen)
+        quality, higher = "accuracy", True
+        extra = {"dense_accuracy": measure(loaded.model)["accuracy"]}
+    batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
+                          max_positions(loaded.model))
+    info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
+            **({} if examples is None else {"labelled": len(examples)})}
+    numel = sum(t.numel() for t in loaded.model.state_dict().values() if t.is_floating_point())
 
-        path, local = resolve_model(model)
-        try:
-            net = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=local)
-            tok = AutoTokenizer.from_pretrained(path, local_files_only=local)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"--labels needs a sequence classifier: cannot load {model!r} as "
-                             f"one: {str(exc).splitlines()[0]}") from None
-        loaded = LoadedModel(model=net.eval(), tokenizer=tok, source=model, kind="encoder")
+    def run(recipe: Any) -> tuple[nn.Module, list[LayerResult], dict[str, Any]]:
+        work, report, evaluation = _run_recipe(loaded, recipe, batches, info, measure)
+        return work.model, (report.layers if report else []), {**evaluation, **extra}
+
+    targets = {f"{n}.weight" for n in HFAdapter().all_targets(loaded.model)}
+    return run, quality, higher, loaded.source, info, numel, None, targets
+
+
+def _load_sequence_classifier(model: str) -> LoadedModel:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path, local = resolve_model(model)
+    try:
+        net = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=local)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=local)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"--labels needs a sequence classifier: cannot load {model!r} as "
+                         f"one: {str(exc).splitlines()[0]}") from None
+    return LoadedModel(model=net.eval(), tokenizer=tok, source=model, kind="encoder")
+
+
+def _accuracy_on(loaded: LoadedModel, examples: list[tuple[str, str]], seqlen: int
+                 ) -> Callable[[nn.Module], dict[str, Any]]:
+    """measure(model): accuracy on the labelled ``examples`` (labels matched to the model's
+    id2label names, or read as indices)."""
     names = {str(v): int(k) for k, v in (loaded.model.config.id2label or {}).items()}
     try:
         y = torch.tensor([names[lab] if lab in names else int(lab) for _, lab in examples])
@@ -1172,23 +1189,9 @@ def _labelled_points(model: str | LoadedModel, examples: list[tuple[str, str]], 
         with torch.no_grad():
             logits = torch.cat([m(**{k: v[i : i + 32] for k, v in enc.items()}).logits
                                 for i in range(0, len(y), 32)])
-        return {"accuracy": float((logits.argmax(-1) == y).double().mean()),
-                "n_test": len(y)}
+        return {"accuracy": float((logits.argmax(-1) == y).double().mean()), "n_test": len(y)}
 
-    dense = measure(loaded.model)["accuracy"]
-    batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
-                          max_positions(loaded.model))
-    info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
-            "labelled": len(y)}
-    numel = sum(t.numel() for t in loaded.model.state_dict().values() if t.is_floating_point())
-
-    def run(recipe: Any) -> tuple[nn.Module, list[LayerResult], dict[str, Any]]:
-        work, report, evaluation = _run_recipe(loaded, recipe, batches, info, measure)
-        return work.model, (report.layers if report else []), {**evaluation,
-                                                                "dense_accuracy": dense}
-
-    targets = {f"{n}.weight" for n in HFAdapter().all_targets(loaded.model)}
-    return run, "accuracy", True, loaded.source, info, numel, None, targets
+    return measure
 
 
 def _classifier_points(spec: str, samples: int, seed: int) -> tuple:
@@ -1196,7 +1199,6 @@ def _classifier_points(spec: str, samples: int, seed: int) -> tuple:
     out split; layer methods calibrated on the first ``samples`` training images."""
     from .models.digits import parse_small_spec, trained_digits_mlp
     from .network import prune_layers
-    from .quant import QuantSpec
 
     net, data = trained_digits_mlp(parse_small_spec(spec), seed=seed)
     x = data.x_train[:samples]
@@ -1205,16 +1207,8 @@ def _classifier_points(spec: str, samples: int, seed: int) -> tuple:
 
     def run(recipe: Any) -> tuple[nn.Module, list[LayerResult], dict[str, Any]]:
         work = copy.deepcopy(net)
-        spec_q = (QuantSpec(recipe.bits, recipe.group, recipe.symmetric)
-                  if recipe.bits is not None else None)
-        results: list[LayerResult] = []
-        if recipe.method is not None:
-            settings = {} if spec_q is None else {"quant": spec_q, "quant_method": recipe.quantizer}
-            results = prune_layers(work, recipe.method, resolve_pattern(recipe.pattern, recipe.method),
-                                   x, make_config(recipe.method, settings))
-        elif spec_q is not None:
-            results = prune_layers(work, recipe.quantizer, None, x,
-                                   make_config(recipe.quantizer, {"quant": spec_q}))
+        method, pattern, config = _recipe_plan(recipe)
+        results = [] if method is None else prune_layers(work, method, pattern, x, config)
         work.to(model_dtype(recipe.dtype))  # what is stored; measured in the data's dtype
         evaluated = copy.deepcopy(work).to(data.x_test.dtype)
         return work, results, {**classifier_metrics(evaluated, data.x_test, data.y_test),

@@ -155,6 +155,18 @@ def damped_cholesky(
     )
 
 
+def unit_dead_columns(H: Tensor) -> tuple[Tensor, Tensor]:
+    """(H', dead): H with H_jj = 1 where no calibration token activated input j (H_jj = 0, so
+    row and column j are zero), and that mask. Such weights cannot change the layer's output
+    on the calibration data; the unit pivot makes the factorisation exist without coupling
+    them to any other column."""
+    dead = torch.diagonal(H) == 0
+    if bool(dead.any()):
+        H = H.clone()
+        H[dead, dead] = 1.0
+    return H, dead
+
+
 def inverse_cholesky_upper(
     H: Tensor, rel_damp: float = 0.01, max_tries: int = 6, name: str = "layer"
 ) -> tuple[Tensor, Damping]:

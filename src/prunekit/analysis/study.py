@@ -190,14 +190,13 @@ def kernel_study(init: nn.Module, data: DigitsData, masks: list[tuple[str, Masks
     """For the dense network and every mask: the NTK at initialisation on ``samples`` training
     inputs (traced), its metrics against the dense kernel, the NTK-regression test accuracy,
     and (with a ``budget``) the test accuracy after training the masked network."""
-    x = data.x_train[:samples]
-    xy, yt = data.x_train[:samples], data.y_train[:samples]
+    x, y = data.x_train[:samples], data.y_train[:samples]
     dense = jacobian_ntk(init, x, trace=True)
     rows = []
     for label, m in [("dense", {}), *masks]:
         K = dense if not m else jacobian_ntk(init, x, masks=m, trace=True)
-        K_test = jacobian_ntk(init, data.x_test, xy, masks=m or None, trace=True)
-        pred = kernel_regression(K, K_test, yt, 10)
+        K_test = jacobian_ntk(init, data.x_test, x, masks=m or None, trace=True)
+        pred = kernel_regression(K, K_test, y, 10)
         row = {"mask": label, "sparsity": mask_sparsity(m) if m else 0.0,
                **kernel_metrics(dense, K, top),
                "ntk_regression_accuracy": float((pred == data.y_test).double().mean())}

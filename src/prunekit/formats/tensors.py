@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ModelError
-from ..quant.grid import QuantizedWeight, QuantSpec
+from ..quant.grid import QuantizedWeight, QuantParams, QuantSpec
 
 FORMATS = ("dense", "bitmask", "nm", "quant", "quant-bitmask", "quant-nm")
 NM_PATTERNS = ((2, 4), (1, 4), (4, 8), (1, 2))  # tried in this order when detecting N:M
@@ -189,10 +189,11 @@ def decode(enc: Encoded, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
             keep = keep.reshape(shape)
         else:
             raise ModelError(f"unknown tensor format {fmt!r}")
+        if keep is not None:  # the codes of pruned weights are not stored: put the zero point
+            zeros = QuantParams(scale, zero, spec).zero_codes(tuple(shape))
+            codes = torch.where(keep, codes, zeros.to(torch.uint8))
         qw = QuantizedWeight(codes, scale, zero, spec, keep=keep,
                              input_scale=p["input_scale"].float() if "input_scale" in p else None)
-        if keep is not None:  # the codes of pruned weights are not stored: put the zero point
-            qw.codes = torch.where(keep, codes, _zero_codes(qw))
         return qw.dequantize(dtype)
     except (RuntimeError, IndexError, KeyError, ValueError) as exc:
         raise ModelError(f"tensor parts do not decode to shape {tuple(shape)} as {fmt!r}: "
@@ -205,13 +206,6 @@ def _positions(p: dict[str, Tensor], rows: int, cols: int, n: int, m: int) -> Te
     if count and int(pos.max()) >= m:
         raise ModelError(f"N:M positions out of range (>= m={m})")
     return pos.reshape(rows, cols // m, n)
-
-
-def _zero_codes(qw: QuantizedWeight) -> Tensor:
-    from ..quant.grid import QuantParams
-
-    params = QuantParams(qw.scale, qw.zero, qw.spec)
-    return params.apply(lambda x, s, z: z.expand_as(x), qw.codes.float()).to(torch.uint8)
 
 
 def candidates(W: Tensor, qw: QuantizedWeight | None) -> list[tuple[str, tuple[int, int] | None]]:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import PatternError, UsageError
-from ..hessian import Damping, inverse_cholesky_upper
+from ..hessian import Damping, inverse_cholesky_upper, unit_dead_columns
 from ..masks import keep_all_but_lowest, keep_all_but_lowest_in_columns, prune_count
 from ..obs import inner_size, obs_sweep_
 from ..quant.gptq import ColumnQuantizer
@@ -115,10 +115,7 @@ def _sweep(W: Tensor, H: Tensor, pattern: Pattern, blocksize: int, rel_damp: flo
     rows, cols = W.shape
     if isinstance(pattern, NM) and blocksize % pattern.m:
         raise PatternError(f"blocksize {blocksize} must be a multiple of m={pattern.m}")
-    dead = torch.diagonal(H) == 0
-    if bool(dead.any()):
-        H = H.clone()
-        H[dead, dead] = 1.0
+    H, dead = unit_dead_columns(H)
     U, damping = inverse_cholesky_upper(H, rel_damp, name=name)
     Wt = torch.empty(cols, rows, dtype=H.dtype, device=H.device)  # (in, out), never W's storage
     Wt.copy_(W.T)  # column j of W is the contiguous row Wt[j]

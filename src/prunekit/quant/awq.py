@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .grid import QuantizedWeight, QuantSpec, fit, quantize_weight
+from .grid import QuantizedWeight, QuantSpec
 from .gptq import gptq_quantize
+from .rtn import rtn_quantize
 
 ALPHA_GRID = 20
 
@@ -45,9 +46,7 @@ def scales_for(sx: Tensor, alpha: float) -> Tensor:
 
 
 def _rtn_error(W: Tensor, H: Tensor, spec: QuantSpec, keep: Tensor | None, s: Tensor) -> float:
-    Ws = W * s  # (out, in): W diag(s)
-    qw = quantize_weight(Ws, fit(Ws, spec, keep), keep)
-    D = W - qw.dequantize(W.dtype) / s
+    D = W - rtn_quantize(W * s, spec, keep)[0] / s  # W − Q(W diag(s)) diag(s)⁻¹
     return float(((D @ H) * D).sum())
 
 
@@ -71,7 +70,7 @@ def awq_quantize(W: Tensor, H: Tensor, spec: QuantSpec, s: Tensor, solver: str =
         Hs = H / (s[:, None] * s[None, :])
         _, qw, _, _ = gptq_quantize(Ws, Hs, spec, keep=keep, **gptq_settings)
     else:
-        qw = quantize_weight(Ws, fit(Ws, spec, keep), keep)
+        _, qw = rtn_quantize(Ws, spec, keep)
     qw.input_scale = s
     return qw.dequantize(W.dtype), qw
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
-from ..hessian import Damping, inverse_cholesky_upper
+from ..hessian import Damping, inverse_cholesky_upper, unit_dead_columns
 from ..obs import inner_size, obs_sweep_
 from .grid import QuantParams, QuantSpec, QuantizedWeight, fake_quantize, fit, fit_rows
 from .grid import quantize_weight, sparsity_mask
@@ -94,16 +94,6 @@ class QuantRule:
         w.copy_(q)
 
 
-def _dead_columns(H: Tensor) -> Tensor:
-    """H with H_jj = 1 where no calibration token activated input j (H_jj = 0): such columns
-    get no compensation and are rounded to nearest, and the factorisation exists."""
-    dead = torch.diagonal(H) == 0
-    if bool(dead.any()):
-        H = H.clone()
-        H[dead, dead] = 1.0
-    return H
-
-
 def gptq_quantize(
     W: Tensor, H: Tensor, spec: QuantSpec, *, blocksize: int = 128, rel_damp: float = 0.01,
     act_order: bool = False, static_groups: bool = False, keep: Tensor | None = None,
@@ -117,7 +107,7 @@ def gptq_quantize(
     """
     rows, cols = W.shape
     keep = sparsity_mask(W) if keep is None else keep
-    H = _dead_columns(H)
+    H, _ = unit_dead_columns(H)  # unactivated inputs: rounded to nearest, no compensation
     static = spec.group is None or static_groups or act_order
     params = fit(W.to(H.dtype), spec, keep) if static else None  # on the original columns
     perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else None

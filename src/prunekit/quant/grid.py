@@ -188,6 +188,11 @@ class QuantParams:
         scale, zero = self.columns(cols)
         return f(W, scale, zero)
 
+    def zero_codes(self, shape: tuple[int, int]) -> Tensor:
+        """The zero point of every entry's grid, (rows, cols): the code of an exact 0."""
+        like = self.zero.new_empty(shape)
+        return self.apply(lambda x, s, z: z.expand_as(x), like)
+
 
 def fit(W: Tensor, spec: QuantSpec, keep: Tensor | None = None) -> QuantParams:
     """Grids of every row and group of W (rows, cols) from its current values (kept ones)."""
@@ -246,7 +251,7 @@ def quantize_weight(W: Tensor, params: QuantParams, keep: Tensor | None = None,
     maxq = params.spec.maxq
     q = params.apply(lambda x, s, z: codes(x, s, z, maxq), W.to(params.scale.dtype))
     if keep is not None:  # the zero point: exactly 0 after dequantization
-        q = torch.where(keep, q, params.apply(lambda x, s, z: z.expand_as(x), q))
+        q = torch.where(keep, q, params.zero_codes(tuple(q.shape)))
     return QuantizedWeight(q.to(torch.uint8), params.scale, params.zero, params.spec,
                            keep=keep, input_scale=input_scale)
 
