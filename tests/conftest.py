@@ -4,6 +4,7 @@ one tolerance table of the test suite (never loosened locally)."""
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 import torch
@@ -77,3 +78,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+WORDS = ("the model keeps a weight when its score is large and drops it when small so that "
+         "every layer loses half of its inputs while the error of the output stays low").split()
+
+
+def paragraphs(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(" ".join(rng.choices(WORDS, k=rng.randint(8, 14))).capitalize() + "."
+                     for _ in range(3)) for _ in range(n)]
+
+
+def bpe_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=128, special_tokens=["<unk>", "<s>", "</s>"],
+                                  limit_alphabet=60, show_progress=False)
+    tok.train_from_iterator(paragraphs(50) + ["def f(x): return x + 1  # A B C"], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>")
+    assert len(fast) <= 128  # the tiny Llama's vocabulary
+    return fast

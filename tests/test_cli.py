@@ -20,6 +20,8 @@ import prunekit
 import prunekit.api
 import prunekit.cli
 import prunekit.models.loaders
+from conftest import bpe_tokenizer as _bpe_tokenizer
+from conftest import paragraphs as _paragraphs
 from conftest import tiny_config, tiny_model
 from prunekit.cli import main
 from prunekit.models.loaders import LoadedModel
@@ -28,32 +30,7 @@ BLOCK_PREFIX = {"llama": "model.layers.", "bert": "encoder.layer."}
 N_TARGETS = {"llama": 14, "bert": 12}  # 7 Linear per Llama block, 6 per BERT block, 2 blocks
 FAST = ["--samples", "4", "--seqlen", "16", "--batch-size", "2"]
 
-WORDS = ("the model keeps a weight when its score is large and drops it when small so that "
-         "every layer loses half of its inputs while the error of the output stays low").split()
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _paragraphs(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(" ".join(rng.choices(WORDS, k=rng.randint(8, 14))).capitalize() + "."
-                     for _ in range(3)) for _ in range(n)]
-
-
-def _bpe_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=128, special_tokens=["<unk>", "<s>", "</s>"],
-                                  limit_alphabet=60, show_progress=False)
-    tok.train_from_iterator(_paragraphs(50) + ["def f(x): return x + 1  # A B C"], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>")
-    assert len(fast) <= 128  # the tiny Llama's vocabulary
-    return fast
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fnmatch
 import dataclasses
+import fnmatch
+import json
 import logging
 import math
 import os
@@ -14,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -29,6 +30,9 @@ from .models.loaders import LoadedModel, load_model, resolve_model
 from .patterns import NM, Pattern, Unstructured, check_requested, parse_pattern
 from .pipeline import Progress, run_sequential
 from .report import PruneReport, report_text, write_json
+
+if TYPE_CHECKING:
+    from .distributed import Group
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +285,7 @@ def prune_model(
     progress: Progress | None = None,
     check: bool = True,
     base: LoadedModel | nn.Module | Mapping[str, torch.Tensor] | None = None,
+    group: Group | None = None,
 ) -> list[LayerResult]:
     """Prune ``model`` in place with ``method`` to ``pattern`` on calibration ``batches``.
 
@@ -289,6 +294,8 @@ def prune_model(
     weight}); its layers are matched to the model's by qualified name.
     ``check=False`` skips :func:`preflight` and the base checks (for a caller that has run
     them already, with ``base`` then the mapping :func:`base_weights` returned).
+    ``group``: this process's place in a torch.distributed job; ``batches`` are then this
+    rank's share, and every rank ends with the same pruned model (:mod:`prunekit.distributed`).
     """
     cls = get_method(method)
     config = config or cls.config_cls()
@@ -310,7 +317,8 @@ def prune_model(
             return cls(layer, pattern_of(name), config, name)
         return cls(layer, pattern_of(name), config, name, base=base[name])
 
-    return run_sequential(model, adapter, batches, make, device=device, progress=progress)
+    return run_sequential(model, adapter, batches, make, device=device, progress=progress,
+                          group=group)
 
 
 def quantize_model(
@@ -479,6 +487,7 @@ def run_one(
     progress: Progress | None = None,
     check: bool = True,
     base: LoadedModel | nn.Module | Mapping[str, torch.Tensor] | None = None,
+    group: Group | None = None,
 ) -> PruneReport:
     """Prune ``loaded.model`` in place, evaluate it with ``measure``, and report.
 
@@ -486,7 +495,7 @@ def run_one(
     cfg = config or get_method(method).config_cls()
     t0 = time.perf_counter()
     layers = prune_model(loaded.model, method, pattern, batches, config=cfg, device=device,
-                         skip=skip, progress=progress, check=check, base=base)
+                         skip=skip, progress=progress, check=check, base=base, group=group)
     t1 = time.perf_counter()
     evaluation = measure(loaded.model) if measure else {}
     return PruneReport(
@@ -517,6 +526,7 @@ def compress(
     dtype: str = "float32",
     progress: Progress | None = None,
     base: str | LoadedModel | nn.Module | Mapping[str, torch.Tensor] | None = None,
+    group: Group | None = None,
 ) -> tuple[LoadedModel, PruneReport]:
     """Load ``model``, calibrate on ``calib``, compress it with ``method``: a pruning method to
     ``pattern`` (with ``config["quant"]`` also quantized), or a quantizer (pattern None).
@@ -525,6 +535,10 @@ def compress(
     fine-tuned ``model`` came from, as a spec loaded like the model (Hugging Face id, local
     folder or 'minilm', in ``dtype``), a :class:`LoadedModel`, a module, or {layer name:
     (out, in) weight}; its source is recorded in the report's config as ``base``.
+
+    ``group``: this process's place in a torch.distributed job (see
+    :func:`prunekit.distributed.from_environment`): the calibration batches are split among
+    the ranks and only rank 0 evaluates; every rank returns the same pruned model.
 
     Returns the pruned model (in place) with its tokenizer, and a :class:`PruneReport`.
     Everything that can be checked cheaply (pattern, method, device, data source, then the
@@ -551,15 +565,19 @@ def compress(
     t_load = time.perf_counter()
     batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
                           max_positions(loaded.model), texts=calib_texts)
-    t_data = time.perf_counter()
-    measure = (prepare_evaluation(loaded, eval_data or calib, seqlen, device, texts=eval_texts)
-               if evaluate else None)
-    t_dense = time.perf_counter()
     info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
             "tokens": samples * seqlen}
+    t_data = time.perf_counter()
+    evaluate = evaluate and (group is None or group.is_main)
+    measure = (prepare_evaluation(loaded, eval_data or calib, seqlen, device, texts=eval_texts)
+               if evaluate else None)
+    if group is not None:
+        info["processes"] = group.world
+        batches = group.shard(batches)
+    t_dense = time.perf_counter()
     report = run_one(loaded, method, pattern, batches, calibration_info=info, config=cfg,
                      measure=measure, device=device, skip=skip, progress=progress, check=False,
-                     base=weights)
+                     base=weights, group=group)
     if base_source is not None:
         report.config["base"] = base_source
     report.seconds = {"load": t_load - t_texts, "calibration_data": t_data - t_load + t_texts - t0,
@@ -592,6 +610,184 @@ def quantize(model: str | LoadedModel, method: str = "gptq", *, bits: int = 4,
         config = make_config(method, {"quant": QuantSpec(bits, group, symmetric, clip),
                                       **(config or {})})
     return compress(model, method, None, config=config, **kwargs)
+
+
+STREAM_FORMATS = ("prunekit", "hf")
+
+
+def prune_stream(
+    model: str, out: str | os.PathLike, method: str = "sparsegpt",
+    pattern: str | float | Pattern | None = 0.5, *, calib: str = "stdlib", samples: int = 128,
+    seqlen: int = 512, batch_size: int = 8, seed: int = 0, device: str = "cpu",
+    skip: Sequence[str] = (), config: Mapping[str, Any] | MethodConfig | None = None,
+    dtype: str = "float32", fmt: str = "prunekit", tensor_format: str = "auto",
+    overwrite: bool = False, restart: bool = False, progress: Progress | None = None,
+    group: Group | None = None, announce: Callable[[Any], None] | None = None,
+) -> tuple[Path, PruneReport]:
+    """Compress a Hugging Face checkpoint (a folder of safetensors files, or a hub id
+    downloaded to the local cache) block by block without holding the whole model in memory,
+    writing the result to ``out`` (see :mod:`prunekit.streaming`); keywords as
+    :func:`compress`. A run that stops part way resumes from its last finished block when
+    called again with the same settings (``restart=True`` discards it instead); ``out``
+    appears only when complete. ``announce(estimate)`` receives the peak-memory
+    :class:`~prunekit.streaming.MemoryEstimate` before the work starts. ``fmt``: "prunekit"
+    (compact, one file per block) or "hf" (dense sharded safetensors). Returns the output
+    folder and the report (no evaluation: the model is never whole in memory)."""
+    from . import streaming as st
+    from .data import load_texts
+
+    t0 = time.perf_counter()
+    pattern = resolve_pattern(pattern, method)
+    cfg = config if isinstance(config, MethodConfig) else make_config(method, config)
+    check_scope(method, pattern)
+    _check_streamable(method, pattern, fmt)
+    check_device(device)
+    out_path = check_output(out, overwrite)
+    calib_texts = load_texts(calib, "calib")
+    path, kind = _stream_source(model)
+    torch_dtype = model_dtype(dtype)
+    skeleton = st.empty_model(path, kind, torch_dtype)
+    source = st.SafetensorsSource(path)
+    plan = st.layout(skeleton, source)
+    check_seqlen(seqlen, max_positions(skeleton))
+    check_skips(skeleton, skip)
+    check_pattern_fits(skeleton, pattern, skip)
+    cls = get_method(method)
+    if pattern is not None:
+        cls.check(pattern, cfg)
+    adapter = HFAdapter(skip=tuple(skip))
+    estimate = st.estimate_memory(skeleton, adapter, source, batch_size, seqlen, torch_dtype,
+                                  DTYPES[cfg.hessian_dtype])
+    if announce is not None:
+        announce(estimate)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    batches = calibration(tokenizer, calib, samples, seqlen, batch_size, seed,
+                          max_positions(skeleton), texts=calib_texts)
+    n_blocks = len(adapter.block_list(skeleton)[1])
+    settings = {"model": str(Path(path).resolve()), "files": source.nbytes(), "method": method,
+                "pattern": str(pattern), "config": json.loads(json.dumps(
+                    dataclasses.asdict(cfg), default=str)), "calib": calib, "samples": samples,
+                "seqlen": seqlen, "batch_size": batch_size, "seed": seed, "dtype": dtype,
+                "skip": list(skip), "format": fmt, "tensor_format": tensor_format}
+    work = st.WorkDir(out_path)
+    main = group is None or group.is_main
+    state = work.open(settings, restart) if main else {"blocks_done": None, "layers": []}
+    if group is not None:
+        group.barrier()
+    resumed = state["blocks_done"]
+    writer = st.prunekit_writer(tensor_format) if fmt == "prunekit" else st.hf_writer(n_blocks)
+    job = st.StreamJob(source, plan, work, state, torch_dtype, torch.device(device), writer)
+    pattern_of = layer_patterns(skeleton, adapter, pattern, method)
+    t1 = time.perf_counter()
+    results = st.stream_prune(
+        skeleton, adapter, batches,
+        lambda name, layer: cls(layer, pattern_of(name), cfg, name), job, progress, group)
+    t2 = time.perf_counter()
+    info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
+            "tokens": samples * seqlen}
+    if group is not None:
+        info["processes"] = group.world
+    report = PruneReport(
+        model=model, method=method, pattern="dense" if pattern is None else str(pattern),
+        calibration=info, device=str(device), layers=results, evaluation={},
+        params_total=sum(p.numel() for p in skeleton.parameters()),
+        config={**dataclasses.asdict(cfg), "stream": {
+            "estimate_bytes": estimate.total, "checkpoint_bytes": estimate.checkpoint,
+            "resumed_after_block": resumed}},
+        seconds={"load": t1 - t0, "prune": t2 - t1})
+    if main:
+        state["seconds"] = state.get("seconds", 0.0) + t2 - t1
+        _finish_stream(skeleton, job, report, tokenizer, fmt, out_path, overwrite, n_blocks)
+    if group is not None:
+        group.barrier()
+    return out_path, report
+
+
+def _check_streamable(method: str, pattern: Pattern | None, fmt: str) -> None:
+    if isinstance(pattern, Unstructured) and pattern.scope == "global":
+        raise UsageError("--scope global ranks every weight of the model at once, which "
+                         "streaming never holds: use --scope row or layer with --stream")
+    if needs_base(method):
+        raise UsageError(f"--method {method} compares with a --base model: it runs in memory, "
+                         "without --stream")
+    if fmt not in STREAM_FORMATS:
+        raise UsageError(f"--format {fmt!r} with --stream: use {' or '.join(STREAM_FORMATS)} "
+                         "(compressed-tensors export needs the model in memory)")
+
+
+def _stream_source(spec: str) -> tuple[str, str]:
+    """(local folder, model kind) of a model to stream; a hub id is downloaded to the local
+    Hugging Face cache first (files on disk, nothing in memory)."""
+    from transformers import AutoConfig
+
+    from .models.loaders import model_kind
+
+    path, local = resolve_model(spec)
+    if not local:
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.txt",
+                                                           "*.model", "tokenizer*"])
+        except Exception as exc:  # huggingface_hub raises many error types (network, auth)
+            raise ModelError(f"cannot download {spec!r} to stream it: {exc}; pass a local "
+                             "folder") from None
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read the config of {spec!r}: {exc}") from None
+    return path, model_kind(config)
+
+
+def _finish_stream(model: nn.Module, job: Any, report: PruneReport, tokenizer: Any, fmt: str,
+                   out: Path, overwrite: bool, n_blocks: int) -> None:
+    """Assemble the output from the finished blocks' files and the rest of the model (read
+    from the checkpoint), rename it into place and remove the work folder."""
+    from safetensors.torch import save_file
+
+    from . import streaming as st
+    from .formats.checkpoint import encode_tensor, write_manifest, write_parts
+
+    final = job.work.path / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    final.mkdir()
+    for file in job.state["files"]:
+        st.link_or_copy(job.work.path / "blocks" / file, final / file)
+    list_name = HFAdapter().block_list(model)[0]
+    rest = st.rest_tensors(model, list_name, job)
+    files, entries = dict(job.state["files"]), dict(job.state["entries"])
+    if fmt == "prunekit":
+        from .formats.checkpoint import WEIGHTS
+
+        parts: dict[str, torch.Tensor] = {}
+        stored: set[int] = set()
+        entries.update({n: encode_tensor(n, t, parts, stored) for n, t in rest.items()})
+        entries.update({n: {"tied_to": t} for n, t in job.plan.tied.items()})
+        files[WEIGHTS] = write_parts(final, WEIGHTS, parts)
+        write_manifest(final, model, entries, files, tokenizer=tokenizer,
+                       report=report.to_dict(), provenance={"source": report.model,
+                                                            "method": report.label})
+    else:
+        file = st.hf_shard(n_blocks, n_blocks)
+        save_file({n: t.contiguous() for n, t in rest.items()}, str(final / file),
+                  metadata={"format": "pt"})
+        entries.update(dict.fromkeys(rest, file))
+        total = sum((final / f).stat().st_size for f in {*files, file})
+        (final / st.INDEX).write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": entries}, indent=1) + "\n")
+        model.config.save_pretrained(final)
+        tokenizer.save_pretrained(final)
+    write_json(report, final / REPORT_FILE)
+    (final / TABLE_FILE).write_text(report_text(report) + "\n")
+    _chmod_files(final)
+    final.chmod(0o777 & ~_umask())
+    if out.exists() and not overwrite:
+        raise UsageError(f"output directory {str(out)!r} appeared during the run: the pruned "
+                         f"model is kept in {final}; move it or pass --overwrite")
+    _replace_dir(final, out)
+    shutil.rmtree(job.work.path, ignore_errors=True)
 
 
 def quantized_weights(results: PruneReport | Sequence[LayerResult]) -> dict[str, Any]:

@@ -239,6 +239,12 @@ def _add_output_and_solver(p: argparse.ArgumentParser, skipped: str, damped: str
                    help=f"{blocked} column block size (default 128)")
     p.add_argument("--hessian-dtype", choices=("float32", "float64"),
                    help="precision of the Hessian and solves (default float32)")
+    p.add_argument("--stream", action="store_true",
+                   help="read a safetensors checkpoint one block at a time and write each "
+                        "block as it is done: memory stays about one block (printed first); "
+                        "needs --out; a rerun resumes an interrupted one (docs/scaling.md)")
+    p.add_argument("--restart", action="store_true",
+                   help="with --stream: discard an interrupted run of --out instead of resuming")
 
 
 def _add_quant(p: argparse.ArgumentParser, prune: bool) -> None:
@@ -278,15 +284,18 @@ def _quant_spec(args: argparse.Namespace):
     return QuantSpec(args.bits, parse_group(args.group), not args.asym, args.clip)
 
 
-def _progress(desc: str):
+def _progress(desc: str, group=None):
+    """A progress bar over blocks (rank 0 only under torchrun; a resumed run starts part way)."""
     from tqdm.auto import tqdm
 
+    if group is not None and not group.is_main:
+        return None
     bar = None
 
     def update(i: int, n: int, results) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=n, desc=desc, unit="block", leave=False, file=sys.stderr)
+            bar = tqdm(total=n, initial=i, desc=desc, unit="block", leave=False, file=sys.stderr)
         bar.update(1)
         if i + 1 == n:
             bar.close()
@@ -388,7 +397,8 @@ def cmd_prune_small(args: argparse.Namespace) -> int:
         ("--calib", args.calib != "stdlib"), ("--eval-data", args.eval_data),
         ("--skip", args.skip), ("--device", args.device != "cpu"),
         ("--dtype", args.dtype != "float32"), ("--seqlen", args.seqlen is not None),
-        ("--batch-size", args.batch_size is not None), ("--format hf", args.fmt == "hf")) if bad]
+        ("--batch-size", args.batch_size is not None), ("--format hf", args.fmt == "hf"),
+        ("--stream", args.stream), ("torchrun", _launched())) if bad]
     if given:
         raise UsageError(f"{given[0]} does not apply to {args.model}: it is calibrated on "
                          "(--samples of) the digits training split and tested on its test split, "
@@ -453,20 +463,103 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise UsageError("--format compressed-tensors stores quantized layers: add --bits 4 "
                          "(a pruned-only model exports with --format hf)")
     config = api.make_config(args.method, {**settings, "quant": spec})
+    args.samples = 128 if args.samples is None else args.samples
+    args.seqlen = 512 if args.seqlen is None else args.seqlen
+    args.batch_size = 8 if args.batch_size is None else args.batch_size
+    if args.stream:
+        return _run_stream(args, pattern, config, f"{args.method} {pattern}")
+    _check_not_stream(args)
     if args.out:
         api.check_output(args.out, args.overwrite)
-    samples = 128 if args.samples is None else args.samples
-    loaded, report = api.prune(
-        args.model, args.method, pattern, calib=args.calib, samples=samples,
-        seqlen=512 if args.seqlen is None else args.seqlen,
-        batch_size=8 if args.batch_size is None else args.batch_size, seed=args.seed, device=args.device,
-        skip=args.skip, config=config, evaluate=not args.no_eval, eval_data=args.eval_data,
-        dtype=args.dtype, base=args.base,
-        progress=_progress(f"{args.method} {pattern}"))
+    with _process_group(args) as group:
+        loaded, report = api.prune(
+            args.model, args.method, pattern, calib=args.calib, samples=args.samples,
+            seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed,
+            device=_device(args), skip=args.skip, config=config, evaluate=not args.no_eval,
+            eval_data=args.eval_data, dtype=args.dtype, base=args.base, group=group,
+            progress=_progress(f"{args.method} {pattern}", group))
+    if group is not None and not group.is_main:
+        return 0
     return _print_and_save(args, report, pattern,
                            lambda out: api.save_pruned(loaded, report, out, args.overwrite,
                                                        fmt=args.fmt,
                                                        tensor_format=args.tensor_format))
+
+
+def _launched() -> bool:
+    from .distributed import launched
+
+    return launched()
+
+
+def _device(args: argparse.Namespace) -> str:
+    """--device, as this process's own GPU under torchrun (cuda -> cuda:LOCAL_RANK)."""
+    from .distributed import launched, process_device
+
+    return str(process_device(args.device)) if launched() else args.device
+
+
+def _process_group(args: argparse.Namespace):
+    """The torch.distributed group torchrun started this process in (None when alone)."""
+    from .distributed import from_environment
+
+    return from_environment(args.device)
+
+
+def _check_not_stream(args: argparse.Namespace) -> None:
+    if args.restart:
+        raise UsageError("--restart applies with --stream")
+
+
+def _run_stream(args: argparse.Namespace, pattern, config, desc: str) -> int:
+    """prune/quantize --stream: block by block from the checkpoint to --out."""
+    if not args.out:
+        raise UsageError("--stream writes each block as it is done: pass --out DIR")
+    if args.eval_data or args.base:
+        raise UsageError(f"{'--eval-data' if args.eval_data else '--base'} does not apply with "
+                         "--stream: the streamed model is never whole in memory")
+    with _process_group(args) as group:
+        main = group is None or group.is_main
+        path, report = api.prune_stream(
+            args.model, args.out, args.method, pattern, calib=args.calib, samples=args.samples,
+            seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed,
+            device=_device(args), skip=args.skip, config=config, dtype=args.dtype,
+            fmt=args.fmt, tensor_format=args.tensor_format, overwrite=args.overwrite,
+            restart=args.restart, group=group, progress=_progress(desc, group),
+            announce=_announce if main else None)
+    if not main:
+        return 0
+    if not args.quiet:
+        print(layer_table(report))
+    resumed = report.config["stream"]["resumed_after_block"]
+    if resumed:
+        print(f"resumed an interrupted run after its block {resumed}")
+    print(f"{report.label}: {report.target_sparsity:.1%} of {report.target_params:,} target "
+          f"weights pruned in {report.seconds['prune']:.1f} s, streamed block by block "
+          f"(peak resident memory {_peak_rss() / 2**20:,.0f} MiB with the Python runtime)")
+    bits = [r.extra["bits_per_weight"] for r in report.layers if "bits_per_weight" in r.extra]
+    if bits:
+        print(f"kept weights quantized: {sum(bits) / len(bits):.3f} bits per weight (mean over "
+              "layers) with scales")
+    print(f"saved to {path} (report: {path / api.REPORT_FILE})")
+    _print_size(path)
+    return 0
+
+
+def _announce(estimate) -> None:
+    mib = 2**20
+    print(f"streaming {estimate.checkpoint / mib:,.0f} MiB of checkpoint; estimated peak "
+          f"{estimate.total / mib:,.0f} MiB plus the Python runtime (block weights "
+          f"{estimate.weights / mib:,.0f}, Hessians {estimate.statistics / mib:,.0f}, solver "
+          f"{estimate.solver / mib:,.0f}, one batch of activations "
+          f"{estimate.activations / mib:,.0f}, embeddings during capture "
+          f"{estimate.capture / mib:,.0f} MiB)", file=sys.stderr)
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -507,13 +600,21 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     spec = QuantSpec(args.bits, parse_group(args.group), not args.asym, args.clip)
     config = api.make_config(args.method, {**_settings(args), "quant": spec})
+    if args.stream:
+        args.base = None
+        return _run_stream(args, None, config, f"{args.method} {spec}")
+    _check_not_stream(args)
     if args.out:
         api.check_output(args.out, args.overwrite)
-    loaded, report = api.quantize(
-        args.model, args.method, config=config, calib=args.calib, samples=args.samples,
-        seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed, device=args.device,
-        skip=args.skip, evaluate=not args.no_eval, eval_data=args.eval_data, dtype=args.dtype,
-        progress=_progress(f"{args.method} {spec}"))
+    with _process_group(args) as group:
+        loaded, report = api.quantize(
+            args.model, args.method, config=config, calib=args.calib, samples=args.samples,
+            seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed,
+            device=_device(args), skip=args.skip, evaluate=not args.no_eval,
+            eval_data=args.eval_data, dtype=args.dtype, group=group,
+            progress=_progress(f"{args.method} {spec}", group))
+    if group is not None and not group.is_main:
+        return 0
     if not args.quiet:
         print(layer_table(report))
     print(f"{report.label}: {len(report.layers)} layers, {report.target_params:,} weights at "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,9 @@ from torch import Tensor, nn
 from .errors import ModelError
 from .methods.base import LayerCompressor, LayerResult
 from .models.adapter import ModelAdapter
+
+if TYPE_CHECKING:
+    from .distributed import Group
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +121,17 @@ class _Feeder:
         return feed
 
 
-def run_block(block: nn.Module, inputs: Sequence[BlockInput]) -> list[BlockInput]:
-    """Run ``block`` on every recorded input; return the inputs of the next block."""
-    out = []
+def block_outputs(block: nn.Module, inputs: Iterable[BlockInput]) -> Iterator[Tensor]:
+    """The hidden state ``block`` returns for each recorded input, one at a time."""
     with torch.no_grad():
         for args, kwargs in inputs:
-            out.append(_with_hidden(args, kwargs, _block_output(block(*args, **kwargs))))
-    return out
+            yield _block_output(block(*args, **kwargs))
+
+
+def run_block(block: nn.Module, inputs: Sequence[BlockInput]) -> list[BlockInput]:
+    """Run ``block`` on every recorded input; return the inputs of the next block."""
+    return [_with_hidden(args, kwargs, out)
+            for (args, kwargs), out in zip(inputs, block_outputs(block, inputs))]
 
 
 @contextlib.contextmanager
@@ -144,6 +151,44 @@ def _feeding(
             h.remove()
 
 
+def gather_statistics(
+    block: nn.Module, prefix: str, adapter: ModelAdapter, inputs: Iterable[BlockInput],
+    make_compressor: Callable[[str, nn.Module], LayerCompressor],
+) -> dict[str, LayerCompressor]:
+    """Compressors for the block's targets, fed by one run of the block on ``inputs``."""
+    with _feeding(block, prefix, adapter, make_compressor) as compressors:
+        for _ in block_outputs(block, inputs):
+            pass
+    return compressors
+
+
+def compress_block(
+    model: nn.Module, block: nn.Module, prefix: str, adapter: ModelAdapter,
+    compressors: dict[str, LayerCompressor], group: Group | None = None,
+) -> list[LayerResult]:
+    """Compress the block's targets from their statistics (in place) and free them.
+
+    With a process ``group``, the statistics are first summed over its ranks and the layer
+    solves are shared out among them (:func:`prunekit.distributed.solve_shared`); every rank
+    ends with the same weights and results.
+    """
+    comps = list(compressors.values())
+    if not comps:
+        return []
+    if group is not None:
+        from .distributed import reduce_statistics_, solve_shared
+
+        reduce_statistics_(comps, group)
+    type(comps[0]).prepare_block(comps, adapter.scale_folds(model, block, prefix))
+    if group is not None:
+        return solve_shared(comps, group)
+    results = []
+    for c in comps:
+        results.append(c.compress())
+        c.free()
+    return results
+
+
 def run_sequential(
     model: nn.Module,
     adapter: ModelAdapter,
@@ -151,11 +196,14 @@ def run_sequential(
     make_compressor: Callable[[str, nn.Module], LayerCompressor],
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
+    group: Group | None = None,
 ) -> list[LayerResult]:
     """Compress every target layer of ``model`` block by block; returns per-layer results.
 
     Block 0's statistics are gathered during the capture pass itself, which runs that block
     anyway; every later block runs twice (statistics, then pruned outputs for the next one).
+    With a process ``group`` each rank passes its own share of the calibration ``batches``
+    (see :meth:`prunekit.distributed.Group.shard`).
     """
     device = torch.device(device)
     list_name, blocks = adapter.block_list(model)
@@ -165,18 +213,12 @@ def run_sequential(
         inputs = capture_block_inputs(model, adapter, batches, device, home)
     results: list[LayerResult] = []
     for i, block in enumerate(blocks):
+        prefix = f"{list_name}.{i}"
         home = _device_of(block)
         block.to(device)
         if i > 0:
-            with _feeding(block, f"{list_name}.{i}", adapter, make_compressor) as compressors:
-                run_block(block, inputs)
-        block_results = []
-        comps = list(compressors.values())
-        if comps:
-            type(comps[0]).prepare_block(comps, adapter.scale_folds(model, block, f"{list_name}.{i}"))
-        for c in compressors.values():
-            block_results.append(c.compress())
-            c.free()
+            compressors = gather_statistics(block, prefix, adapter, inputs, make_compressor)
+        block_results = compress_block(model, block, prefix, adapter, compressors, group)
         results.extend(block_results)
         if i + 1 < len(blocks):  # the pruned outputs feed the next block
             inputs = run_block(block, inputs)

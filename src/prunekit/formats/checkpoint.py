@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "prunekit.json"
 WEIGHTS = "prunekit.safetensors"  # not model.safetensors: transformers must not half-load it
 FORMAT_NAME = "prunekit-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: tensors may live in several files (a streamed model, one per block)
 DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
     torch.int16, torch.int8, torch.uint8, torch.bool)}
@@ -65,20 +65,23 @@ def _conv1d_layers(model: nn.Module) -> set[str]:
 
 def encode_state(model: nn.Module, quantized: Mapping[str, QuantizedWeight] | None = None,
                  tensor_format: str = "auto", targets: Collection[str] | None = None,
+                 prefix: str = "", file: str | None = None,
                  ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Every state-dict tensor in its smallest exact format: ({part name: tensor}, {tensor
     name: manifest entry}). ``quantized``: {layer name: codes} of quantized layers.
     ``tensor_format``: "auto" (smallest), or one format for the weights of the ``targets``
-    layers (default: every layer with a 2-D weight); an error names a weight it cannot hold."""
-    if tensor_format != "auto" and tensor_format not in FORMATS:
-        raise ModelError(f"tensor format {tensor_format!r}: use auto or one of {', '.join(FORMATS)}")
+    layers (default: every layer with a 2-D weight); an error names a weight it cannot hold.
+    ``prefix``: the module's qualified name in its model (one block of a streamed model);
+    ``file``: the safetensors file of a multi-file checkpoint its parts go to."""
+    check_tensor_format(tensor_format)
     quantized = quantized or {}
     conv1d = _conv1d_layers(model)
     parts: dict[str, Tensor] = {}
     entries: dict[str, Any] = {}
     seen: dict[tuple, str] = {}
     stored: set[int] = set()
-    for name, t in model.state_dict().items():
+    for local, t in model.state_dict().items():
+        name = f"{prefix}.{local}" if prefix else local
         key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype) if t.numel() else None
         if key is not None and key in seen:  # tied weights are stored once
             entries[name] = {"tied_to": seen[key]}
@@ -86,30 +89,44 @@ def encode_state(model: nn.Module, quantized: Mapping[str, QuantizedWeight] | No
         if key is not None:
             seen[key] = name
         layer = name.removesuffix(".weight")
-        transposed = name.endswith(".weight") and layer in conv1d
-        W = t.T if transposed else t  # Conv1D stores (in, out): encode (out, in)
-        qw = quantized.get(layer) if name.endswith(".weight") else None
-        forced = (tensor_format != "auto" and W.dim() == 2 and name.endswith(".weight")
+        transposed = local.endswith(".weight") and local.removesuffix(".weight") in conv1d
+        forced = (tensor_format != "auto" and t.dim() == 2 and name.endswith(".weight")
                   and (targets is None or layer in targets))
-        try:
-            enc = best_encoding(W, qw, tensor_format if forced else None) \
-                if W.dtype.is_floating_point else Encoded("dense", {"values": W.contiguous()}, {})
-        except ValueError as exc:
-            raise ModelError(f"{name}: {exc}") from None
-        entry = {"format": enc.format, "shape": list(W.shape), "dtype": _dtype_name(W.dtype),
-                 "meta": enc.meta, "numel": W.numel(), "nonzero": int((W != 0).sum()),
-                 "parts": {}}
+        qw = quantized.get(layer) if name.endswith(".weight") else None
+        entry = encode_tensor(name, t.T if transposed else t, parts, stored, qw,
+                              tensor_format if forced else None)
         if transposed:
-            entry["transposed"] = True
-        for part, value in enc.parts.items():
-            value = value.contiguous()
-            if value.numel() and value.data_ptr() in stored:  # shared (e.g. one AWQ scale of
-                value = value.clone()  # q/k/v): safetensors stores each part on its own
-            stored.add(value.data_ptr())
-            parts[f"{name}::{part}"] = value
-            entry["parts"][part] = {"dtype": _dtype_name(value.dtype), "shape": list(value.shape)}
+            entry["transposed"] = True  # Conv1D stores (in, out): encoded as (out, in)
+        if file is not None:
+            entry["file"] = file
         entries[name] = entry
     return parts, entries
+
+
+def check_tensor_format(tensor_format: str) -> None:
+    if tensor_format != "auto" and tensor_format not in FORMATS:
+        raise ModelError(f"tensor format {tensor_format!r}: use auto or one of {', '.join(FORMATS)}")
+
+
+def encode_tensor(name: str, W: Tensor, parts: dict[str, Tensor], stored: set[int],
+                  qw: QuantizedWeight | None = None, forced: str | None = None) -> dict[str, Any]:
+    """Encode one tensor in its smallest exact format (or ``forced``), adding its parts to
+    ``parts`` (``stored``: data pointers already there); returns its manifest entry."""
+    try:
+        enc = best_encoding(W, qw, forced) \
+            if W.dtype.is_floating_point else Encoded("dense", {"values": W.contiguous()}, {})
+    except ValueError as exc:
+        raise ModelError(f"{name}: {exc}") from None
+    entry = {"format": enc.format, "shape": list(W.shape), "dtype": _dtype_name(W.dtype),
+             "meta": enc.meta, "numel": W.numel(), "nonzero": int((W != 0).sum()), "parts": {}}
+    for part, value in enc.parts.items():
+        value = value.contiguous()
+        if value.numel() and value.data_ptr() in stored:  # shared (e.g. one AWQ scale of
+            value = value.clone()  # q/k/v): safetensors stores each part on its own
+        stored.add(value.data_ptr())
+        parts[f"{name}::{part}"] = value
+        entry["parts"][part] = {"dtype": _dtype_name(value.dtype), "shape": list(value.shape)}
+    return entry
 
 
 def model_description(model: nn.Module, builder: str | None = None) -> dict[str, Any]:
@@ -123,27 +140,41 @@ def model_description(model: nn.Module, builder: str | None = None) -> dict[str,
             "builder": builder}
 
 
+def write_parts(folder: Path, file: str, parts: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Write ``parts`` to ``folder/file``; returns its manifest record (bytes, SHA-256)."""
+    from safetensors.torch import save_file
+
+    save_file(dict(parts), str(folder / file), metadata={"format": FORMAT_NAME})
+    return {"bytes": (folder / file).stat().st_size, "sha256": _sha256(folder / file)}
+
+
 def write_checkpoint(folder: Path, model: nn.Module, *, quantized=None, tokenizer=None,
                      report: dict | None = None, builder: str | None = None,
                      tensor_format: str = "auto", targets: Collection[str] | None = None,
                      provenance: dict | None = None) -> dict:
     """Write the checkpoint files into ``folder`` (an empty, temporary folder: the caller
     renames it into place). Returns the manifest."""
-    from safetensors.torch import save_file
+    parts, entries = encode_state(model, quantized, tensor_format, targets)
+    files = {WEIGHTS: write_parts(folder, WEIGHTS, parts)}
+    return write_manifest(folder, model, entries, files, tokenizer=tokenizer, report=report,
+                          builder=builder, provenance=provenance)
 
+
+def write_manifest(folder: Path, model: nn.Module, entries: dict[str, Any],
+                   files: dict[str, Any], *, tokenizer=None, report: dict | None = None,
+                   builder: str | None = None, provenance: dict | None = None) -> dict:
+    """Write the manifest of tensors ``entries`` stored in ``files`` (with the config and
+    tokenizer of a Hugging Face ``model``, which may be a skeleton without weights)."""
     from .. import __version__
 
-    parts, entries = encode_state(model, quantized, tensor_format, targets)
-    save_file(parts, str(folder / WEIGHTS), metadata={"format": FORMAT_NAME})
     description = model_description(model, builder)
     if description["kind"] == "hf":
         model.config.save_pretrained(folder)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
     manifest = {
-        "format": FORMAT_NAME, "version": VERSION, "model": description, "tensors": entries,
-        "files": {WEIGHTS: {"bytes": (folder / WEIGHTS).stat().st_size,
-                            "sha256": _sha256(folder / WEIGHTS)}},
+        "format": FORMAT_NAME, "version": 1 if set(files) == {WEIGHTS} else VERSION,
+        "model": description, "tensors": entries, "files": files,
         "provenance": {"prunekit": __version__, "torch": torch.__version__,
                        "python": platform.python_version(),
                        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -198,15 +229,19 @@ def read_state(path: str | Path, manifest: dict | None = None) -> dict[str, Tens
     path = Path(path)
     manifest = manifest or read_manifest(path)
     _check_files(path, manifest)
-    try:
-        stored = load_file(str(path / WEIGHTS))
-    except (SafetensorError, OSError) as exc:
-        raise ModelError(f"{path / WEIGHTS}: not a readable safetensors file ({exc})") from None
-    expected = {f"{n}::{p}" for n, e in manifest["tensors"].items() for p in e.get("parts", {})}
-    if set(stored) != expected:
-        extra, missing = sorted(set(stored) - expected), sorted(expected - set(stored))
-        raise ModelError(f"{path / WEIGHTS} does not match the manifest: missing "
-                         f"{missing[:3]}, unexpected {extra[:3]}")
+    stored: dict[str, Tensor] = {}
+    for file in manifest["files"]:
+        try:
+            part = load_file(str(path / file))
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(f"{path / file}: not a readable safetensors file ({exc})") from None
+        expected = {f"{n}::{p}" for n, e in manifest["tensors"].items()
+                    if e.get("file", WEIGHTS) == file for p in e.get("parts", {})}
+        if set(part) != expected:
+            extra, missing = sorted(set(part) - expected), sorted(expected - set(part))
+            raise ModelError(f"{path / file} does not match the manifest: missing "
+                             f"{missing[:3]}, unexpected {extra[:3]}")
+        stored.update(part)
     state: dict[str, Tensor] = {}
     for name, entry in manifest["tensors"].items():
         if "tied_to" in entry:
@@ -286,7 +321,7 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
     The parts' bytes are measured from the safetensors file's own header offsets."""
     path = Path(path)
     manifest = read_manifest(path)
-    sizes = _part_sizes(path / WEIGHTS)
+    sizes = {k: v for f in manifest["files"] for k, v in _part_sizes(path / f).items()}
     rows, numel, nonzero = [], 0, 0
     for name, entry in manifest["tensors"].items():
         if "tied_to" in entry:
