@@ -89,6 +89,9 @@ class SafetensorsSource:
         t = self._handles[self.file_of[name]].get_tensor(name)
         return t.to(dtype) if dtype is not None and t.dtype.is_floating_point else t
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._handles[self.file_of[name]].get_slice(name).get_shape())
+
     def nbytes(self) -> int:
         """Bytes of the checkpoint's safetensors files."""
         return sum((self.folder / f).stat().st_size for f in self._handles)
@@ -160,15 +163,33 @@ def layout(model: nn.Module, source: SafetensorsSource) -> Layout:
             computed.append(name)
         else:
             missing.append(name)
-    for name, target in list(tied.items()):  # a tied copy stored in the checkpoint is ignored
-        if target not in found:
-            missing.append(target)
     if missing:
         raise ModelError(
             f"{source.folder}: the checkpoint has no tensor for {missing[:3]} "
             f"({len(missing)} missing): is it the checkpoint of this config's model?"
         )
+    _check_layout(model, source, found)
     return Layout(found, tied, tuple(computed))
+
+
+def _check_layout(model: nn.Module, source: SafetensorsSource, found: dict[str, str]) -> None:
+    """Every tensor's shape as the config says, and no tensor of a block left unread."""
+    shapes = {**{n: p.shape for n, p in model.named_parameters()},
+              **dict((n, b.shape) for n, b in _persistent_buffers(model))}
+    for name, stored in found.items():
+        if tuple(shapes[name]) != source.shape(stored):
+            raise ModelError(f"{source.folder}: {stored} is {list(source.shape(stored))} in the "
+                             f"checkpoint, {list(shapes[name])} in the model its config builds")
+    from .models.adapter import HFAdapter
+
+    prefix = getattr(model, "base_model_prefix", "")
+    blocks = HFAdapter().block_list(model)[0].removeprefix(f"{prefix}.")
+    used = set(found.values())
+    unread = sorted(n for n in source.file_of if n not in used and f".{blocks}." in f".{n}")
+    if unread:
+        raise ModelError(f"{source.folder}: the checkpoint has block tensors the model lacks, "
+                         f"{unread[:3]} ({len(unread)} in all): is it the checkpoint of this "
+                         "config's model?")
 
 
 def _persistent_buffers(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
