@@ -702,6 +702,8 @@ def prune_stream(
         _finish_stream(skeleton, job, report, tokenizer, fmt, out_path, overwrite, n_blocks)
     if group is not None:
         group.barrier()
+        if not main:  # another machine's activations (on one machine: already gone)
+            shutil.rmtree(work.path, ignore_errors=True)
     return out_path, report
 
 

@@ -18,7 +18,7 @@ from .methods import get_method, load_builtin_methods
 from .network import CURVATURES, NETWORK_METHODS, NetworkConfig
 from .patterns import NM, parse_pattern
 from .report import (evaluation_lines, inspect_table, layer_table, ntk_plots, ntk_table,
-                     summary_table)
+                     size, summary_table)
 
 DEMO_RUNS = [(m, p) for p in ("0.5", "2:4") for m in ("magnitude", "wanda", "sparsegpt")]
 
@@ -534,9 +534,11 @@ def _run_stream(args: argparse.Namespace, pattern, config, desc: str) -> int:
     resumed = report.config["stream"]["resumed_after_block"]
     if resumed:
         print(f"resumed an interrupted run after its block {resumed}")
-    print(f"{report.label}: {report.target_sparsity:.1%} of {report.target_params:,} target "
-          f"weights pruned in {report.seconds['prune']:.1f} s, streamed block by block "
-          f"(peak resident memory {_peak_rss() / 2**20:,.0f} MiB with the Python runtime)")
+    what = (f"{len(report.layers)} layers, {report.target_params:,} weights quantized"
+            if pattern is None else f"{report.target_sparsity:.1%} of "
+            f"{report.target_params:,} target weights pruned")
+    print(f"{report.label}: {what} in {report.seconds['prune']:.1f} s, streamed block by block "
+          f"(peak resident memory {size(_peak_rss())} with the Python runtime)")
     bits = [r.extra["bits_per_weight"] for r in report.layers if "bits_per_weight" in r.extra]
     if bits:
         print(f"kept weights quantized: {sum(bits) / len(bits):.3f} bits per weight (mean over "
@@ -547,13 +549,11 @@ def _run_stream(args: argparse.Namespace, pattern, config, desc: str) -> int:
 
 
 def _announce(estimate) -> None:
-    mib = 2**20
-    print(f"streaming {estimate.checkpoint / mib:,.0f} MiB of checkpoint; estimated peak "
-          f"{estimate.total / mib:,.0f} MiB plus the Python runtime (block weights "
-          f"{estimate.weights / mib:,.0f}, Hessians {estimate.statistics / mib:,.0f}, solver "
-          f"{estimate.solver / mib:,.0f}, one batch of activations "
-          f"{estimate.activations / mib:,.0f}, embeddings during capture "
-          f"{estimate.capture / mib:,.0f} MiB)", file=sys.stderr)
+    print(f"streaming a {size(estimate.checkpoint)} checkpoint; estimated peak "
+          f"{size(estimate.total)} plus the Python runtime: block weights "
+          f"{size(estimate.weights)}, Hessians {size(estimate.statistics)}, solver "
+          f"{size(estimate.solver)}, one batch of activations {size(estimate.activations)}, "
+          f"embeddings during the capture {size(estimate.capture)}", file=sys.stderr)
 
 
 def _peak_rss() -> int:

@@ -120,6 +120,15 @@ def evaluation_lines(report: PruneReport) -> list[str]:
             f"protocol: {ev['protocol']}"]
 
 
+def size(n: float) -> str:
+    """Bytes for people: 512 B, 3.4 KiB, 12.0 MiB, 1.50 GiB."""
+    for unit, digits in (("GiB", 2), ("MiB", 1), ("KiB", 1)):
+        scale = {"GiB": 2**30, "MiB": 2**20, "KiB": 2**10}[unit]
+        if n >= scale:
+            return f"{n / scale:,.{digits}f} {unit}"
+    return f"{int(n)} B"
+
+
 def report_text(report: PruneReport) -> str:
     """The per-layer table, totals and evaluation as plain text (prune_report.txt)."""
     cal = report.calibration

@@ -357,6 +357,7 @@ class WorkDir:
         hidden = _hidden_of(args, kwargs)
         extras = {"in_args": bool(args), "args": args[1:] if args else (),
                   "kwargs": {k: v for k, v in kwargs.items() if k != "hidden_states"}}
+        self.inputs(batch).parent.mkdir(parents=True, exist_ok=True)  # another machine's folder
         torch.save(_to_storable(extras, f"of batch {batch}"), self.inputs(batch))
         self.store_hidden(0, batch, hidden)
 
