@@ -24,6 +24,7 @@ import prunekit
 import prunekit.api as api
 from conftest import TOL, bpe_tokenizer, tiny_config
 from prunekit import streaming as st
+import prunekit.cli
 from prunekit.cli import main
 from prunekit.distributed import Group, assign
 from prunekit.errors import ModelError, UsageError
@@ -187,7 +188,7 @@ def test_interrupt_leaves_no_output_and_rerun_resumes(tmp_path, llama):
     _assert_identical(_in_memory(llama, tmp_path / "mem"), _state(path))
 
 
-def test_crash_mid_block_resumes_from_last_finished(tmp_path, llama):
+def test_crash_mid_block_resumes_from_last_finished(tmp_path, llama, capsys):
     """SIGKILL after block 0's state was written, while block 1 runs: no output; the CLI's
     rerun prunes blocks 1 and 2 only and ends with the uninterrupted result."""
     out = tmp_path / "out"
@@ -214,6 +215,7 @@ def test_crash_mid_block_resumes_from_last_finished(tmp_path, llama):
     rc = main(["prune", str(llama), "--sparsity", "0.5", "--stream", "--out", str(out),
                "--quiet", *FAST_CLI])
     assert rc == 0
+    assert "resumed an interrupted run after its block 1" in capsys.readouterr().out
     _assert_identical(_in_memory(llama, tmp_path / "mem"), _state(out))
 
 
@@ -324,3 +326,23 @@ def test_two_gloo_processes_equal_one(tmp_path, llama):
                       "--out", str(tmp_path / "two-stream")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_pruning(one, _state(tmp_path / "two-stream"))
+
+
+def test_cli_ctrl_c_says_how_to_resume(tmp_path, llama, capsys, monkeypatch):
+    calls = []
+    original = st.gather_statistics
+
+    def gather(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # Ctrl-C in block 2
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(st, "gather_statistics", gather)
+    argv = ["prune", str(llama), "--pattern", "2:4", "--stream", "--out", str(tmp_path / "o"),
+            "--quiet", *FAST_CLI]
+    assert main(argv) == prunekit.cli.EXIT_INTERRUPTED
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(argv) == 0
+    assert "resumed an interrupted run after its block 2" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """prunekit: pruning and compression of PyTorch models, with honest numbers."""
 
-from .api import compress, load, prune, prune_model, quantize, quantize_model, save_pruned
+from .api import (compress, load, prune, prune_model, prune_stream, quantize, quantize_model,
+                  save_pruned)
 from .errors import DataError, ModelError, NumericalError, PatternError, PrunekitError, UsageError
 from .methods import REGISTRY, LayerCompressor, LayerResult, MethodConfig, get_method, register
 from .models import HFAdapter, load_model
@@ -13,6 +14,6 @@ __all__ = [
     "NM", "REGISTRY", "DataError", "HFAdapter", "LayerCompressor", "LayerResult", "MethodConfig",
     "ModelError", "NumericalError", "Pattern", "PatternError", "PruneReport", "PrunekitError",
     "Unstructured", "UsageError", "compress", "get_method", "load", "load_model",
-    "parse_pattern", "prune", "prune_model", "quantize", "quantize_model", "register",
-    "save_pruned",
+    "parse_pattern", "prune", "prune_model", "prune_stream", "quantize", "quantize_model",
+    "register", "save_pruned",
 ]

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -695,16 +696,25 @@ def prune_stream(
         params_total=sum(p.numel() for p in skeleton.parameters()),
         config={**dataclasses.asdict(cfg), "stream": {
             "estimate_bytes": estimate.total, "checkpoint_bytes": estimate.checkpoint,
-            "resumed_after_block": resumed}},
+            "resumed_after_block": resumed, "peak_rss_bytes": peak_rss()}},
         seconds={"load": t1 - t0, "prune": t2 - t1})
     if main:
-        state["seconds"] = state.get("seconds", 0.0) + t2 - t1
         _finish_stream(skeleton, job, report, tokenizer, fmt, out_path, overwrite, n_blocks)
     if group is not None:
         group.barrier()
         if not main:  # another machine's activations (on one machine: already gone)
             shutil.rmtree(work.path, ignore_errors=True)
     return out_path, report
+
+
+def peak_rss() -> int | None:
+    """Peak resident memory of this process so far, in bytes (None where not measurable)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def _check_streamable(method: str, pattern: Pattern | None, fmt: str) -> None:

@@ -538,7 +538,8 @@ def _run_stream(args: argparse.Namespace, pattern, config, desc: str) -> int:
             if pattern is None else f"{report.target_sparsity:.1%} of "
             f"{report.target_params:,} target weights pruned")
     print(f"{report.label}: {what} in {report.seconds['prune']:.1f} s, streamed block by block "
-          f"(peak resident memory {size(_peak_rss())} with the Python runtime)")
+          f"(peak resident memory {size(report.config['stream']['peak_rss_bytes'] or 0)} "
+          "with the Python runtime)")
     bits = [r.extra["bits_per_weight"] for r in report.layers if "bits_per_weight" in r.extra]
     if bits:
         print(f"kept weights quantized: {sum(bits) / len(bits):.3f} bits per weight (mean over "
@@ -554,12 +555,6 @@ def _announce(estimate) -> None:
           f"{size(estimate.weights)}, Hessians {size(estimate.statistics)}, solver "
           f"{size(estimate.solver)}, one batch of activations {size(estimate.activations)}, "
           f"embeddings during the capture {size(estimate.capture)}", file=sys.stderr)
-
-
-def _peak_rss() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -757,7 +752,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prunekit: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("prunekit: interrupted; no output was written", file=sys.stderr)
+        resume = (f"; the finished blocks are kept: rerun the same command to resume"
+                  if getattr(args, "stream", False) else "")
+        print(f"prunekit: interrupted; no output was written{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # the CLI's outer boundary: anything else is a bug or an OS error
         if args.verbose:

@@ -334,7 +334,7 @@ class WorkDir:
         for sub in ("blocks", "inputs", "acts"):
             (self.path / sub).mkdir(parents=True)
         state = {"version": STATE_VERSION, "settings": settings, "blocks_done": 0,
-                 "layers": [], "files": {}, "entries": {}, "seconds": 0.0}
+                 "layers": [], "files": {}, "entries": {}}
         self.save(state)
         return state
 
