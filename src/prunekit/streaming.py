@@ -341,7 +341,7 @@ class WorkDir:
     def save(self, state: dict[str, Any]) -> None:
         """Replace ``state.json`` atomically (a crash leaves the old or the new one)."""
         tmp = self.path / f"{STATE}.tmp"
-        tmp.write_text(json.dumps(state))
+        tmp.write_text(json.dumps(state, default=str))
         os.replace(tmp, self.path / STATE)
 
     def acts(self, block: int, batch: int) -> Path:
@@ -529,11 +529,11 @@ def _capture(model: nn.Module, adapter: ModelAdapter, batches: Sequence[dict[str
     materialize_(model, parameter_names(model, f"{list_name}.0", job.plan), job.source,
                  job.plan, job.dtype, job.device)
     try:
-        records = capture_block_inputs(model, adapter, batches, job.device, job.device)
+        for j, batch in zip(ids, batches):  # one batch at a time: stored as it comes
+            (record,) = capture_block_inputs(model, adapter, [batch], job.device, job.device)
+            job.work.store_input(j, record)
     finally:
         release_(base)
-    for j, record in zip(ids, records):
-        job.work.store_input(j, record)
 
 
 def _finish_block(block: nn.Module, prefix: str, i: int, results: list[LayerResult],
