@@ -346,3 +346,20 @@ def test_cli_ctrl_c_says_how_to_resume(tmp_path, llama, capsys, monkeypatch):
     assert not (tmp_path / "o").exists()
     assert main(argv) == 0
     assert "resumed an interrupted run after its block 2" in capsys.readouterr().out
+
+
+def test_reader_matches_safetensors_and_checks_files(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = {"a": torch.randn(3, 5), "b": torch.randn(4).to(torch.bfloat16),
+               "c": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+               "e": torch.zeros(0, 2), "m": torch.tensor([True, False])}
+    save_file(tensors, str(tmp_path / st.SINGLE))
+    source = st.SafetensorsSource(tmp_path)
+    for name, t in load_file(str(tmp_path / st.SINGLE)).items():
+        assert torch.equal(source.read(name), t) and source.read(name).dtype == t.dtype, name
+    assert source.read("b", torch.float32).dtype == torch.float32
+    assert source.read("c", torch.float32).dtype == torch.int64  # only floats change dtype
+    (tmp_path / st.INDEX).write_text(json.dumps({"weight_map": {"a": st.SINGLE, "z": st.SINGLE}}))
+    with pytest.raises(ModelError, match="puts z in model.safetensors, which does not hold it"):
+        st.SafetensorsSource(tmp_path)
