@@ -100,7 +100,18 @@ class _MappedFile:
                 warnings.simplefilter("ignore", UserWarning)
                 view = torch.frombuffer(self.map, dtype=dtype, count=out.numel(), offset=begin)
             out.copy_(view.view(shape))
+            del view
+            self._unmap_pages(begin, end)
         return out
+
+    def _unmap_pages(self, begin: int, end: int) -> None:
+        """Drop the pages just read from this process's resident set: they stay in the page
+        cache (a shared read-only map), but no longer count as the process's memory."""
+        import mmap
+
+        if hasattr(mmap, "MADV_DONTNEED"):  # Linux and most Unixes
+            first = begin - begin % mmap.PAGESIZE
+            self.map.madvise(mmap.MADV_DONTNEED, first, end - first)
 
 
 class SafetensorsSource:
