@@ -157,35 +157,37 @@ class SafetensorsSource:
         return sum((self.folder / f).stat().st_size for f in self._files)
 
 
-@contextlib.contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Modules built inside register their parameters on the ``meta`` device (no storage);
-    buffers stay real, so values computed at construction (rotary frequencies) are kept.
-    Each parameter is allocated, untouched, only until it is registered."""
-    register = nn.Module.register_parameter
-
-    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
-        register(module, name, param)
-
-    nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register  # type: ignore[method-assign]
-
-
 def empty_model(path: str, kind: str, dtype: torch.dtype) -> nn.Module:
     """The Hugging Face model of ``path`` (``kind``: "causal" or "encoder") with every
-    parameter on the meta device."""
+    parameter on the meta device (no storage is ever allocated for them) and its buffers
+    (rotary frequencies, position ids) computed on the CPU, as transformers itself builds a
+    model before loading a checkpoint into it."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     auto = AutoModelForCausalLM if kind == "causal" else AutoModel
-    with parameters_on_meta():
+    with torch.device("meta"):
         model = auto.from_config(config, dtype=dtype)
+    compute_buffers_(model)
     return model.eval()
+
+
+def compute_buffers_(model: nn.Module) -> None:
+    """Give a meta-built model's buffers CPU storage and fill them by the model's own weight
+    initialisation (which, on meta parameters, costs nothing)."""
+    for module in model.modules():
+        for name, buf in module._buffers.items():
+            if buf is not None and buf.device.type == "meta":
+                module._buffers[name] = torch.empty_like(buf, device="cpu")
+    initialize = getattr(model, "initialize_weights", None) or getattr(model, "init_weights", None)
+    if initialize is None:
+        raise ModelError(f"{type(model).__name__} has no initialize_weights: streaming builds "
+                         "Hugging Face models only")
+    with torch.no_grad():
+        initialize()
+    left = [n for n, p in model.named_parameters() if p.device.type != "meta"]
+    if left:  # an initialisation that allocated parameters would defeat streaming
+        raise ModelError(f"{type(model).__name__}: initialising the model allocated {left[:3]}")
 
 
 @dataclass(frozen=True)
