@@ -650,12 +650,8 @@ def prune_stream(
     skeleton = st.empty_model(path, kind, torch_dtype)
     source = st.SafetensorsSource(path)
     plan = st.layout(skeleton, source)
-    check_seqlen(seqlen, max_positions(skeleton))
-    check_skips(skeleton, skip)
-    check_pattern_fits(skeleton, pattern, skip)
     cls = get_method(method)
-    if pattern is not None:
-        cls.check(pattern, cfg)
+    _check_skeleton(skeleton, seqlen, skip, pattern, cls, cfg)
     adapter = HFAdapter(skip=tuple(skip))
     estimate = st.estimate_memory(skeleton, adapter, source, batch_size, seqlen, torch_dtype,
                                   DTYPES[cfg.hessian_dtype])
@@ -671,7 +667,7 @@ def prune_stream(
                 "pattern": str(pattern), "config": json.loads(json.dumps(
                     dataclasses.asdict(cfg), default=str)), "calib": calib, "samples": samples,
                 "seqlen": seqlen, "batch_size": batch_size, "seed": seed, "dtype": dtype,
-                "skip": list(skip), "format": fmt, "tensor_format": tensor_format}
+                "skip": list(skip), "format": fmt, "tensor_format": tensor_format}  # to resume
     work = st.WorkDir(out_path)
     main = group is None or group.is_main
     state = work.open(settings, restart) if main else {"blocks_done": None, "layers": []}
@@ -715,6 +711,17 @@ def peak_rss() -> int | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def _check_skeleton(skeleton: nn.Module, seqlen: int, skip: Sequence[str],
+                    pattern: Pattern | None, cls: type[LayerCompressor],
+                    cfg: MethodConfig) -> None:
+    """:func:`preflight` for a model without weights: everything but the weights' values."""
+    check_seqlen(seqlen, max_positions(skeleton))
+    check_skips(skeleton, skip)
+    if pattern is not None:
+        check_pattern_fits(skeleton, pattern, skip)
+        cls.check(pattern, cfg)
 
 
 def _check_streamable(method: str, pattern: Pattern | None, fmt: str) -> None:

@@ -518,6 +518,10 @@ def _run_stream(args: argparse.Namespace, pattern, config, desc: str) -> int:
     if args.eval_data or args.base:
         raise UsageError(f"{'--eval-data' if args.eval_data else '--base'} does not apply with "
                          "--stream: the streamed model is never whole in memory")
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # the user's own setting wins
+        from .streaming import return_freed_memory
+
+        return_freed_memory()
     with _process_group(args) as group:
         main = group is None or group.is_main
         path, report = api.prune_stream(

@@ -288,6 +288,29 @@ def parameter_names(model: nn.Module, prefix: str, plan: Layout) -> list[str]:
     return [n for n in plan.source if n.startswith(head)]
 
 
+def return_freed_memory() -> bool:
+    """Make glibc serve every allocation of 1 MiB or more with a mapping of its own, returned
+    to the system when freed (``mallopt(M_MMAP_THRESHOLD, 1 MiB)``, which also stops glibc
+    from raising that threshold as blocks are freed). Otherwise the freed solver temporaries
+    and activations of each block stay in the heap, and the process's memory creeps above
+    the estimate; measured in docs/experiments/streaming_memory.md. For the whole process:
+    the command line calls it for ``--stream``; the environment variable
+    ``MALLOC_MMAP_THRESHOLD_`` does the same before a process starts. True if it applied
+    (glibc on Linux only)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # another C library (musl)
+        return False
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 1 << 20))
+
+
 # ---------------------------------------------------------------------------------------------
 # memory estimate
 
