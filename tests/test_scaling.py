@@ -371,3 +371,11 @@ def test_reader_matches_safetensors_and_checks_files(tmp_path):
     (tmp_path / st.INDEX).write_text(json.dumps({"weight_map": {"a": st.SINGLE, "z": st.SINGLE}}))
     with pytest.raises(ModelError, match="puts z in model.safetensors, which does not hold it"):
         st.SafetensorsSource(tmp_path)
+
+
+def test_other_commands_refuse_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["methods"]) == 2
+    assert "prunekit methods runs in one process" in capsys.readouterr().err
+    assert main(["prune", "digits-mlp", "--sparsity", "0.5"]) == 2
+    assert "torchrun does not apply to digits-mlp" in capsys.readouterr().err

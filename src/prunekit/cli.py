@@ -20,6 +20,7 @@ from .patterns import NM, parse_pattern
 from .report import (evaluation_lines, inspect_table, layer_table, ntk_plots, ntk_table,
                      size, summary_table)
 
+DISTRIBUTED_COMMANDS = ("prune", "quantize")  # the others run in one process
 DEMO_RUNS = [(m, p) for p in ("0.5", "2:4") for m in ("magnitude", "wanda", "sparsegpt")]
 
 
@@ -749,6 +750,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_transformers(args.verbose)
     hint = "" if args.verbose else " (rerun with --verbose for the traceback)"
     try:
+        if args.command not in DISTRIBUTED_COMMANDS and _launched():
+            raise UsageError(f"prunekit {args.command} runs in one process: start it without "
+                             f"torchrun (under torchrun: {', '.join(DISTRIBUTED_COMMANDS)})")
         return COMMANDS[args.command](args)
     except PrunekitError as exc:
         if args.verbose:
