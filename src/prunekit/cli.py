@@ -516,7 +516,7 @@ def _run_stream(args: argparse.Namespace, pattern, config, desc: str) -> int:
     """prune/quantize --stream: block by block from the checkpoint to --out."""
     if not args.out:
         raise UsageError("--stream writes each block as it is done: pass --out DIR")
-    if args.eval_data or args.base:
+    if args.eval_data or getattr(args, "base", None):  # quantize has no --base
         raise UsageError(f"{'--eval-data' if args.eval_data else '--base'} does not apply with "
                          "--stream: the streamed model is never whole in memory")
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # the user's own setting wins
@@ -601,7 +601,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     spec = QuantSpec(args.bits, parse_group(args.group), not args.asym, args.clip)
     config = api.make_config(args.method, {**_settings(args), "quant": spec})
     if args.stream:
-        args.base = None
         return _run_stream(args, None, config, f"{args.method} {spec}")
     _check_not_stream(args)
     if args.out:
@@ -760,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prunekit: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        resume = (f"; the finished blocks are kept: rerun the same command to resume"
+        resume = ("; the finished blocks are kept: rerun the same command to resume"
                   if getattr(args, "stream", False) else "")
         print(f"prunekit: interrupted; no output was written{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -65,10 +65,8 @@ class PruneReport:
         return " + ".join([f"{self.method} {self.pattern}", *grids])
 
     def to_dict(self) -> dict[str, Any]:
-        plain = replace(self, layers=[replace(r, quantized=None) for r in self.layers])
-        d = asdict(plain)
-        for layer in d["layers"]:
-            layer.pop("quantized", None)
+        d = asdict(replace(self, layers=[]))
+        d["layers"] = [r.to_dict() for r in self.layers]
         d["totals"] = {
             "layers": len(self.layers),
             "target_params": self.target_params,

@@ -18,14 +18,14 @@ folder is renamed into place at the end, and the work folder removed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,7 +91,7 @@ class _MappedFile:
                              f"does not read (supported: {', '.join(SAFETENSORS_DTYPES)})")
         begin, end = (self.start + o for o in info["data_offsets"])
         shape = info["shape"]
-        if end - begin != math.prod(shape) * torch.tensor([], dtype=dtype).element_size():
+        if end - begin != math.prod(shape) * dtype.itemsize:
             raise ModelError(f"{self.path}: {name} holds {end - begin} bytes, not {shape} "
                              f"{info['dtype']}: the file is corrupt")
         out = torch.empty(shape, dtype=dtype)
@@ -236,8 +236,7 @@ def layout(model: nn.Module, source: SafetensorsSource) -> Layout:
 
 def _check_layout(model: nn.Module, source: SafetensorsSource, found: dict[str, str]) -> None:
     """Every tensor's shape as the config says, and no tensor of a block left unread."""
-    shapes = {**{n: p.shape for n, p in model.named_parameters()},
-              **dict((n, b.shape) for n, b in _persistent_buffers(model))}
+    shapes = {n: t.shape for n, t in (*model.named_parameters(), *_persistent_buffers(model))}
     for name, stored in found.items():
         if tuple(shapes[name]) != source.shape(stored):
             raise ModelError(f"{source.folder}: {stored} is {list(source.shape(stored))} in the "
@@ -298,7 +297,6 @@ def return_freed_memory() -> bool:
     ``MALLOC_MMAP_THRESHOLD_`` does the same before a process starts. True if it applied
     (glibc on Linux only)."""
     import ctypes
-    import sys
 
     if not sys.platform.startswith("linux"):
         return False
@@ -337,8 +335,7 @@ def estimate_memory(model: nn.Module, adapter: ModelAdapter, source: Safetensors
                     batch_size: int, seqlen: int, dtype: torch.dtype,
                     hessian_dtype: torch.dtype) -> MemoryEstimate:
     """What :func:`stream_prune` will hold at once, from the skeleton's shapes alone."""
-    item, hitem = torch.tensor([], dtype=dtype).element_size(), \
-        torch.tensor([], dtype=hessian_dtype).element_size()
+    item, hitem = dtype.itemsize, hessian_dtype.itemsize
     list_name, blocks = adapter.block_list(model)
     weights = max(sum(p.numel() for p in b.parameters()) for b in blocks) * item
     targets = [weight_matrix(m).shape for m in adapter.targets(blocks[0]).values()]
@@ -416,8 +413,7 @@ class WorkDir:
             return state
         if self.path.exists():  # a run that stopped before its first state: nothing to keep
             shutil.rmtree(self.path)
-        for sub in ("blocks", "inputs", "acts"):
-            (self.path / sub).mkdir(parents=True)
+        (self.path / "blocks").mkdir(parents=True)  # inputs/ and acts/ come with their files
         state = {"version": STATE_VERSION, "settings": settings, "blocks_done": 0,
                  "layers": [], "files": {}, "entries": {}}
         self.save(state)
@@ -600,7 +596,7 @@ def stream_prune(
         release_(block)
         if progress is not None:
             progress(i, len(blocks), results)
-    return [layer_result(d) for d in job.state["layers"]]
+    return [LayerResult.from_dict(d) for d in job.state["layers"]]
 
 
 def _capture(model: nn.Module, adapter: ModelAdapter, batches: Sequence[dict[str, Tensor]],
@@ -630,20 +626,10 @@ def _finish_block(block: nn.Module, prefix: str, i: int, results: list[LayerResu
         written = job.write_block(block, prefix, i, results, job.work.path / "blocks")
         job.state["files"].update(written["files"])
         job.state["entries"].update(written["entries"])
-    job.state["layers"].extend(layer_dict(r) for r in results)
+    job.state["layers"].extend(r.to_dict() for r in results)
     if group is not None:
         group.barrier()
     if main:
         job.state["blocks_done"] = i + 1
         job.work.save(job.state)
     job.work.drop_block_inputs(i, mine)
-
-
-def layer_dict(result: LayerResult) -> dict[str, Any]:
-    """A result as JSON-ready values (its quantized codes are in the block's file)."""
-    return {f.name: getattr(result, f.name) for f in dataclasses.fields(LayerResult)
-            if f.name != "quantized"}
-
-
-def layer_result(d: Mapping[str, Any]) -> LayerResult:
-    return LayerResult(**{**d, "shape": tuple(d["shape"])})

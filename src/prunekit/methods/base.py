@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
 import torch
@@ -76,6 +76,17 @@ class LayerResult:
     def bits_per_weight(self) -> float | None:
         """Bits per weight of the quantized codes with their scales; None if not quantized."""
         return None if self.quantized is None else self.quantized.bits_per_weight()
+
+    def to_dict(self) -> dict:
+        """The result as JSON-ready values, without its quantized codes (kept in checkpoints)."""
+        d = asdict(replace(self, quantized=None))
+        d.pop("quantized")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LayerResult:
+        """The inverse of :meth:`to_dict` (the codes are not restored)."""
+        return cls(**{**d, "shape": tuple(d["shape"])})
 
 
 def weight_matrix(layer: nn.Module) -> Tensor:
