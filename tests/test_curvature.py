@@ -25,8 +25,8 @@ def test_exact_hessian_of_linear_mse_is_closed_form_and_equals_gauss_newton():
     n, k = X.shape[0], T.shape[1]
     # vec(W) row-major: for each output row, 2/(N K) XᵀX
     expected = torch.kron(torch.eye(k, dtype=torch.float64), 2.0 / (n * k) * X.T @ X)
-    assert torch.allclose(H, expected, atol=1e-12)
-    assert torch.allclose(gauss_newton(model, loss, X, T), H, atol=1e-12)  # linear model
+    assert torch.allclose(H, expected, atol=TOL["float64_roundoff"])
+    assert torch.allclose(gauss_newton(model, loss, X, T), H, atol=TOL["float64_roundoff"])  # linear model
 
 
 def test_gauss_newton_is_psd_and_differs_from_hessian_off_minimum_for_mlp():
@@ -38,9 +38,9 @@ def test_gauss_newton_is_psd_and_differs_from_hessian_off_minimum_for_mlp():
     H = loss_hessian(model, loss, X, y)
     G = gauss_newton(model, loss, X, y)
     assert H.shape == G.shape == (4 * 6 + 6 * 3,) * 2
-    assert torch.allclose(H, H.T, atol=1e-10) and torch.allclose(G, G.T, atol=1e-10)
+    assert torch.allclose(H, H.T, atol=TOL["float64_exact"]) and torch.allclose(G, G.T, atol=TOL["float64_exact"])
     assert torch.linalg.eigvalsh(G).min() > -1e-10
-    assert not torch.allclose(H, G, atol=1e-6)  # tanh curvature term is not zero
+    assert not torch.allclose(H, G, atol=TOL["float32_of_float64"])  # tanh curvature term is not zero
 
 
 def test_empirical_fisher_matches_explicit_per_sample_loop():
@@ -55,10 +55,10 @@ def test_empirical_fisher_matches_explicit_per_sample_loop():
         loss(model(X[i : i + 1]), y[i : i + 1]).backward()
         grads.append(torch.cat([model[0].weight.grad.reshape(-1), model[2].weight.grad.reshape(-1)]))
     G = torch.stack(grads)
-    assert torch.allclose(per_sample_gradients(model, loss, X, y), G, atol=1e-12)
+    assert torch.allclose(per_sample_gradients(model, loss, X, y), G, atol=TOL["float64_roundoff"])
     F = empirical_fisher(model, loss, X, y)
-    assert torch.allclose(F, G.T @ G / 12, atol=1e-12)
-    assert torch.allclose(fisher_diagonal(model, loss, X, y), torch.diagonal(F), atol=1e-12)
+    assert torch.allclose(F, G.T @ G / 12, atol=TOL["float64_roundoff"])
+    assert torch.allclose(fisher_diagonal(model, loss, X, y), torch.diagonal(F), atol=TOL["float64_roundoff"])
 
 
 def test_size_limit_says_how_much_memory():
@@ -70,7 +70,6 @@ def test_size_limit_says_how_much_memory():
 
 # --- chunked construction: equal to the unchunked / explicit results on small problems ---
 
-TOL64 = TOL["float64_exact"]
 
 
 def ce_mlp(n_samples=30, seed=0, act=nn.Tanh):
@@ -98,7 +97,7 @@ def test_chunked_hessian_equals_torch_func_hessian(chunk_size, sample_chunk_size
     f, w0 = _flat_loss(model, loss, ["0.weight", "2.weight"])
     reference = hessian(f)(w0, X, y)  # (42, 42), all basis directions at once
     H = loss_hessian(model, loss, X, y, chunk_size=chunk_size, sample_chunk_size=sample_chunk_size)
-    assert torch.allclose(H, reference, rtol=0, atol=TOL64)
+    assert torch.allclose(H, reference, rtol=0, atol=TOL["float64_exact"])
     assert torch.equal(H, H.T)  # symmetrised exactly
 
 
@@ -108,7 +107,7 @@ def test_chunked_hessian_of_linear_mse_is_closed_form(chunk_size):
     H = loss_hessian(model, nn.MSELoss(), X, T, chunk_size=chunk_size, sample_chunk_size=7)
     n, k = X.shape[0], T.shape[1]
     expected = torch.kron(torch.eye(k, dtype=torch.float64), 2.0 / (n * k) * X.T @ X)
-    assert torch.allclose(H, expected, rtol=0, atol=TOL64)
+    assert torch.allclose(H, expected, rtol=0, atol=TOL["float64_exact"])
 
 
 def explicit_gauss_newton(model, X, y):
@@ -134,9 +133,9 @@ def test_chunked_gauss_newton_equals_explicit_per_sample_loop_and_is_psd(chunk_s
     model, X, y = ce_mlp(act=nn.ReLU)
     expected = explicit_gauss_newton(model, X, y)
     G = gauss_newton(model, nn.CrossEntropyLoss(), X, y, chunk_size=chunk_size)
-    assert torch.allclose(G, expected, rtol=0, atol=TOL64)
+    assert torch.allclose(G, expected, rtol=0, atol=TOL["float64_exact"])
     assert torch.equal(G, G.T)
-    assert torch.linalg.eigvalsh(G).min() > -TOL64
+    assert torch.linalg.eigvalsh(G).min() > -TOL["float64_exact"]
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 12, 100])  # N = 12
@@ -150,12 +149,12 @@ def test_chunked_fisher_and_per_sample_gradients_match_explicit_loop(chunk_size)
         grads.append(flat_weight_grad(model))
     G = torch.stack(grads)  # (N, n)
     kw = dict(chunk_size=chunk_size)
-    assert torch.allclose(per_sample_gradients(model, loss, X, y, **kw), G, rtol=0, atol=TOL64)
+    assert torch.allclose(per_sample_gradients(model, loss, X, y, **kw), G, rtol=0, atol=TOL["float64_exact"])
     F = empirical_fisher(model, loss, X, y, **kw)
-    assert torch.allclose(F, G.T @ G / 12, rtol=0, atol=TOL64)
+    assert torch.allclose(F, G.T @ G / 12, rtol=0, atol=TOL["float64_exact"])
     assert torch.equal(F, F.T)
     assert torch.allclose(fisher_diagonal(model, loss, X, y, **kw), G.square().mean(0),
-                          rtol=0, atol=TOL64)
+                          rtol=0, atol=TOL["float64_exact"])
 
 
 @pytest.mark.parametrize("block", [1, 3, 4, 10, 64])  # n = 10
@@ -171,10 +170,10 @@ def test_block_lower_product_and_in_place_symmetrisation(block):
     add_lower_product_(H, A, B, block=block)
     add_lower_product_(H, B, A, block=block)  # accumulates: 2 AᵀB
     _mirror_lower_(H, block)
-    assert torch.allclose(H, 2 * A.T @ B, rtol=0, atol=TOL64) and torch.equal(H, H.T)
+    assert torch.allclose(H, 2 * A.T @ B, rtol=0, atol=TOL["float64_exact"]) and torch.equal(H, H.T)
     M = torch.randn(10, 10, generator=g, dtype=torch.float64)
     expected = (M + M.T) / 2
-    assert torch.allclose(_symmetrize_(M, block), expected, rtol=0, atol=TOL64)
+    assert torch.allclose(_symmetrize_(M, block), expected, rtol=0, atol=TOL["float64_exact"])
     assert torch.equal(M, M.T)  # in place
 
 

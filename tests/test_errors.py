@@ -26,6 +26,10 @@ from prunekit.methods import get_method
 from prunekit.models.loaders import LoadedModel
 from prunekit.patterns import NM, Unstructured, parse_pattern
 from prunekit.report import PruneReport
+import prunekit.output as output
+import prunekit.plan as plan
+import prunekit.eval.protocol as protocol
+import prunekit.run as run
 
 
 def _message(excinfo) -> str:
@@ -61,11 +65,11 @@ def test_sparsity_outside_unit_interval(value):
 
 def test_api_refuses_sparsity_one(monkeypatch):
     """A Pattern object passed to the API is checked like a parsed one: 1.0 is not a request."""
-    monkeypatch.setattr(api, "load_model", _never)
+    monkeypatch.setattr(run, "load_model", _never)
     with pytest.raises(PatternError, match=r"sparsity 1.0 is outside \[0, 1\)"):
         api.prune("some/model", "magnitude", Unstructured(1.0), samples=4, seqlen=16)
     with pytest.raises(PatternError, match=r"sparsity 1.0 is outside \[0, 1\)"):
-        api.prune_model(tiny_model("llama"), "magnitude", Unstructured(1.0), random_batches())
+        run.prune_model(tiny_model("llama"), "magnitude", Unstructured(1.0), random_batches())
 
 
 @pytest.mark.parametrize("text", ["1", "100%", "-5%"])
@@ -103,10 +107,10 @@ def test_unknown_method_lists_the_choices():
 
 def test_make_config_rejects_unknown_settings_and_dtypes():
     with pytest.raises(UsageError, match="'wanda' has no setting rel_damp"):
-        api.make_config("wanda", {"rel_damp": 0.1})
+        plan.make_config("wanda", {"rel_damp": 0.1})
     with pytest.raises(UsageError, match="hessian_dtype 'float16'.*float32, float64"):
-        api.make_config("sparsegpt", {"hessian_dtype": "float16"})
-    assert api.make_config("sparsegpt", {"rel_damp": 0.1, "blocksize": None}).rel_damp == 0.1
+        plan.make_config("sparsegpt", {"hessian_dtype": "float16"})
+    assert plan.make_config("sparsegpt", {"rel_damp": 0.1, "blocksize": None}).rel_damp == 0.1
 
 
 # --- devices and output directories -----------------------------------------------------------
@@ -114,24 +118,24 @@ def test_make_config_rejects_unknown_settings_and_dtypes():
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
 def test_unknown_device(device):
     with pytest.raises(UsageError) as excinfo:
-        api.check_device(device)
+        plan.check_device(device)
     assert repr(device) in _message(excinfo)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_cuda():
     with pytest.raises(UsageError, match="--device cuda:0: CUDA is not available.*--device cpu"):
-        api.check_device("cuda:0")
+        plan.check_device("cuda:0")
 
 
 def test_check_output(tmp_path):
-    assert api.check_output(tmp_path / "new" / "deeper", overwrite=False) == tmp_path / "new" / "deeper"
+    assert output.check_output(tmp_path / "new" / "deeper", overwrite=False) == tmp_path / "new" / "deeper"
     with pytest.raises(UsageError, match="exists: pass --overwrite or another --out"):
-        api.check_output(tmp_path, overwrite=False)
-    assert api.check_output(tmp_path, overwrite=True) == tmp_path
+        output.check_output(tmp_path, overwrite=False)
+    assert output.check_output(tmp_path, overwrite=True) == tmp_path
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="is a file, not a directory"):
-        api.check_output(tmp_path / "file", overwrite=True)
+        output.check_output(tmp_path / "file", overwrite=True)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -139,33 +143,33 @@ def test_check_output(tmp_path):
 def test_empty_calibration_file_fails_before_the_model_loads(tmp_path, monkeypatch):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n\n")
-    monkeypatch.setattr(api, "load_model", _never)
+    monkeypatch.setattr(run, "load_model", _never)
     with pytest.raises(DataError) as excinfo:
         api.prune("some/model", "wanda", 0.5, calib=str(empty), samples=4, seqlen=16)
     assert str(empty) in _message(excinfo)
 
 
 def test_source_without_eval_texts_suggests_no_eval(monkeypatch):
-    monkeypatch.setattr(api, "load_model", _never)
-    import prunekit.data
+    monkeypatch.setattr(run, "load_model", _never)
 
     def only_calib(source, split, **kwargs):
         if split == "eval":
             raise DataError(f"source {source!r} gave no 'eval' texts; give it more documents")
         return ["some text"]
 
-    monkeypatch.setattr(prunekit.data, "load_texts", only_calib)
+    monkeypatch.setattr(run, "load_texts", only_calib)
+    monkeypatch.setattr(protocol, "load_texts", only_calib)
     with pytest.raises(DataError, match="gave no 'eval' texts.*--no-eval"):
         api.prune("some/model", "wanda", 0.5, calib="x.txt", samples=4, seqlen=16)
 
 
 def test_empty_calibration_batches():
     with pytest.raises(DataError, match="calibration set is empty"):
-        api.prune_model(tiny_model("llama"), "wanda", Unstructured(0.5), [])
+        run.prune_model(tiny_model("llama"), "wanda", Unstructured(0.5), [])
 
 
 def test_seqlen_longer_than_the_model(monkeypatch):
-    monkeypatch.setattr(api, "calibration", _never)
+    monkeypatch.setattr(run, "calibration", _never)
     with pytest.raises(DataError) as excinfo:
         api.prune(_loaded(tiny_model("llama")), "wanda", 0.5, samples=4, seqlen=65, evaluate=False)
     msg = _message(excinfo)
@@ -174,10 +178,10 @@ def test_seqlen_longer_than_the_model(monkeypatch):
 
 def test_fidelity_passages_uses_what_a_small_source_has():
     texts = [f"Passage number {i} is a sentence long enough to be used here." for i in range(5)]
-    assert len(api.fidelity_passages(texts, 200)) == 5
-    assert len(api.fidelity_passages(texts, 3)) == 3
+    assert len(protocol.fidelity_passages(texts, 200)) == 5
+    assert len(protocol.fidelity_passages(texts, 3)) == 3
     with pytest.raises(DataError, match="--no-eval"):
-        api.fidelity_passages(texts[:1], 200)
+        protocol.fidelity_passages(texts[:1], 200)
 
 
 # --- numbers ----------------------------------------------------------------------------------
@@ -186,7 +190,7 @@ def test_nan_weights_are_named_before_any_work(monkeypatch):
     model = tiny_model("llama")
     with torch.no_grad():
         model.model.layers[0].self_attn.v_proj.weight[1, 2] = float("inf")
-    monkeypatch.setattr(api, "calibration", _never)
+    monkeypatch.setattr(run, "calibration", _never)
     with pytest.raises(NumericalError) as excinfo:
         api.prune(_loaded(model), "sparsegpt", 0.5, samples=4, seqlen=16, evaluate=False)
     msg = _message(excinfo)
@@ -198,11 +202,11 @@ def test_nan_weights_in_prune_model():
     with torch.no_grad():
         model.encoder.layer[1].output.dense.weight[0, 0] = float("nan")
     with pytest.raises(NumericalError, match="encoder.layer.1.output.dense.weight"):
-        api.prune_model(model, "magnitude", Unstructured(0.5), random_batches())
+        run.prune_model(model, "magnitude", Unstructured(0.5), random_batches())
 
 
 def test_nm_pattern_that_does_not_fit_fails_before_calibration(monkeypatch):
-    monkeypatch.setattr(api, "calibration", _never)
+    monkeypatch.setattr(run, "calibration", _never)
     with pytest.raises(PatternError) as excinfo:
         api.prune(_loaded(tiny_model("llama")), "sparsegpt", "2:3", samples=4, seqlen=16)
     assert "model.layers.0.self_attn.q_proj: in_features=32" in _message(excinfo)
@@ -211,7 +215,7 @@ def test_nm_pattern_that_does_not_fit_fails_before_calibration(monkeypatch):
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_nan_activations_name_the_layer(method):
     layer = nn.Linear(8, 4)
-    compressor = get_method(method)(layer, Unstructured(0.5), api.make_config(method), "blk.0.fc1")
+    compressor = get_method(method)(layer, Unstructured(0.5), plan.make_config(method), "blk.0.fc1")
     compressor.add_batch(torch.tensor([[1.0] * 8]))
     compressor.add_batch(torch.tensor([[1.0] * 7 + [float("nan")]]))
     with pytest.raises(NumericalError) as excinfo:  # checked once, on diag(H), at compress
@@ -223,7 +227,7 @@ def test_nan_activations_name_the_layer(method):
 
 def test_nan_weights_in_one_layer_compressor():
     layer = nn.Linear(8, 4)
-    compressor = get_method("wanda")(layer, Unstructured(0.5), api.make_config("wanda"), "fc2")
+    compressor = get_method("wanda")(layer, Unstructured(0.5), plan.make_config("wanda"), "fc2")
     compressor.add_batch(torch.randn(16, 8))
     with torch.no_grad():
         layer.weight[0, 0] = float("nan")
@@ -251,7 +255,7 @@ def test_hessian_that_damping_cannot_fix_names_the_layer():
 
 def test_sparsegpt_layer_whose_hessian_cannot_be_fixed():
     layer = nn.Linear(8, 4)
-    compressor = get_method("sparsegpt")(layer, NM(2, 4), api.make_config("sparsegpt"), "fc3")
+    compressor = get_method("sparsegpt")(layer, NM(2, 4), plan.make_config("sparsegpt"), "fc3")
     compressor.add_batch(torch.randn(16, 8))
     before = layer.weight.detach().clone()
     compressor.hessian.H.copy_(-1e9 * torch.eye(8))  # far beyond any damping
@@ -311,23 +315,23 @@ def test_save_replaces_and_restores(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "rename", real_rename)
     assert api.save_pruned(loaded, _report(), out, overwrite=True) == out
-    assert {"config.json", "tokenizer.json", api.REPORT_FILE} <= set(_siblings(out))
+    assert {"config.json", "tokenizer.json", output.REPORT_FILE} <= set(_siblings(out))
     assert "keep.txt" not in _siblings(out) and _siblings(tmp_path) == ["out"]
 
 
 def test_skip_glob_matching_nothing_is_an_error():
     with pytest.raises(UsageError, match="--skip '\\*.nope' matches no target layer"):
-        api.prune_model(tiny_model("llama"), "magnitude", Unstructured(0.5), random_batches(),
+        run.prune_model(tiny_model("llama"), "magnitude", Unstructured(0.5), random_batches(),
                         skip=["*.nope"])
 
 
 def test_named_calibration_split_needs_separate_eval_data():
     with pytest.raises(DataError, match="--eval-data"):
-        api.evaluation_texts("wikitext:wikitext-2-raw-v1@train")
+        protocol.evaluation_texts("wikitext:wikitext-2-raw-v1@train")
 
 
 def test_blocksize_that_does_not_fit_nm_fails_before_calibration(monkeypatch):
-    monkeypatch.setattr(api, "calibration", _never)
+    monkeypatch.setattr(run, "calibration", _never)
     with pytest.raises(PatternError, match="--blocksize 6 is not a multiple of m=4"):
         api.prune(_loaded(tiny_model("llama")), "sparsegpt", "2:4", samples=4, seqlen=16,
                   config={"blocksize": 6}, evaluate=False)

@@ -237,3 +237,33 @@ def fisher_diagonal(model: nn.Module, loss_fn: LossFn, inputs: Tensor, targets: 
     for X, T in _sample_chunks(inputs, targets, chunk_size):
         diag += g(X, T).square().sum(0)
     return diag / inputs.shape[0]
+
+
+def flat_weights(model: nn.Module, names: list[str]) -> Tensor:
+    """The named parameters concatenated, in order: (n,)."""
+    params = dict(model.named_parameters())
+    return torch.cat([params[n].detach().reshape(-1) for n in names])
+
+
+def write_flat_(model: nn.Module, names: list[str], w: Tensor) -> None:
+    """Copy the flat vector ``w`` back into the named parameters."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, part in zip(names, torch.split(w, [params[n].numel() for n in names])):
+            params[n].copy_(part.reshape(params[n].shape))
+
+
+CURVATURES: dict[str, Callable[..., Tensor]] = {
+    "fisher": empirical_fisher, "gauss-newton": gauss_newton, "exact": loss_hessian,
+}
+
+
+def curvature_diagonal(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
+                       names: list[str], curvature: str = "fisher",
+                       max_params: int = MAX_DENSE_PARAMS) -> Tensor:
+    """diag of the ``curvature`` (a key of :data:`CURVATURES`): the Fisher's without forming
+    it (any size), the others' from the dense matrix (at most ``max_params`` weights)."""
+    if curvature == "fisher":
+        return fisher_diagonal(model, loss_fn, x, y, names)
+    dense = CURVATURES[curvature](model, loss_fn, x, y, names, max_params=max_params)
+    return torch.diagonal(dense).clone()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
+import torch.distributed as dist
 
 from .errors import UsageError
 from .methods.base import LayerCompressor, LayerResult, weight_matrix
@@ -59,14 +60,10 @@ class Group:
         return list(items[self.rank::self.world])
 
     def barrier(self) -> None:
-        import torch.distributed as dist
-
         dist.barrier()
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         """``obj`` of rank ``src``, on every rank."""
-        import torch.distributed as dist
-
         box = [obj]
         dist.broadcast_object_list(box, src=src, device=self._object_device())
         return box[0]
@@ -101,8 +98,6 @@ def from_environment(device: str | torch.device) -> Iterator[Group | None]:
     if not launched():
         yield None
         return
-    import torch.distributed as dist
-
     if not dist.is_available():
         raise UsageError("this PyTorch build has no torch.distributed: run one process")
     device = process_device(device)
@@ -127,8 +122,6 @@ def reduce_statistics_(compressors: Sequence[LayerCompressor], group: Group) -> 
     Layers that share one accumulator (same input) are reduced once. Every rank must hold the
     same sharing, which holds when each has at least one batch (:meth:`Group.shard`).
     """
-    import torch.distributed as dist
-
     seen: set[int] = set()
     for comp in compressors:
         acc = comp.hessian
@@ -166,8 +159,6 @@ def assign(costs: Sequence[float], world: int) -> list[int]:
 def solve_shared(compressors: Sequence[LayerCompressor], group: Group) -> list[LayerResult]:
     """Each rank compresses the layers :func:`assign` gives it; every compressed weight and
     its result are then broadcast from the owner, so all ranks end with the same block."""
-    import torch.distributed as dist
-
     owners = assign([solve_cost(c) for c in compressors], group.world)
     results: list[LayerResult | None] = [
         c.compress() if owner == group.rank else None for c, owner in zip(compressors, owners)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from .distributed import reduce_statistics_, solve_shared
 from .errors import ModelError
 from .methods.base import LayerCompressor, LayerResult
 from .models.adapter import ModelAdapter
@@ -176,8 +177,6 @@ def compress_block(
     if not comps:
         return []
     if group is not None:
-        from .distributed import reduce_statistics_, solve_shared
-
         reduce_statistics_(comps, group)
     type(comps[0]).prepare_block(comps, adapter.scale_folds(model, block, prefix))
     if group is not None:

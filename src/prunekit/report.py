@@ -1,4 +1,4 @@
-"""Result dataclasses -> JSON, plain-text tables. The only place (with cli.py) that formats."""
+"""Result dataclasses -> JSON, plain-text tables. The only place (with the cli package) that formats."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .analysis.grid import LITERATURE
 from .methods.base import LayerResult
 
 
@@ -214,10 +215,10 @@ def ntk_table(rows: list[dict[str, Any]], top: int = 10) -> str:
 def ntk_plots(rows: list[dict[str, Any]], out: Path, top: int = 10) -> list[Path]:
     """Spectra of the dense and every masked kernel, and top-k overlap against sparsity per
     method, as PNG files in ``out``."""
-    import matplotlib
+    import matplotlib  # optional: prunekit[analysis]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: after choosing the headless backend
 
     paths = [out / "ntk_spectra.png", out / "ntk_overlap.png"]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -281,8 +282,6 @@ def _best_near(points: list[dict[str, Any]], key: str, frac: float, quality: str
 def pareto_report(result: dict[str, Any], out: Path) -> None:
     """pareto.json, pareto.md (table, plot, the literature's rough frontier beside the measured
     one, which points beat which) and pareto.png in ``out``."""
-    from .analysis.pareto import LITERATURE
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "pareto.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     q, points = result["quality_metric"], result["points"]
@@ -316,10 +315,10 @@ def pareto_report(result: dict[str, Any], out: Path) -> None:
 
 
 def _pareto_plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # optional: prunekit[analysis]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: after choosing the headless backend
 
     q, points = result["quality_metric"], result["points"]
     fig, ax = plt.subplots(figsize=(8, 5))

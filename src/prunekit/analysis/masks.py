@@ -24,6 +24,8 @@ is recomputed at the masked weights each round (as IMP recomputes |w|).
 
 from __future__ import annotations
 
+from .kernels import top_eigenvectors
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
@@ -87,8 +89,6 @@ def ntk_scores(model: nn.Module, x: Tensor, masks: Masks | None = None, top: int
                ) -> dict[str, Tensor]:
     """s_p = Σ_k ‖Uᵀ J_k[:, p]‖² with U the top-``top`` eigenvectors of the traced NTK on x, at
     the masked weights (pruned weights score 0: their Jacobian columns are masked)."""
-    from .kernels import top_eigenvectors
-
     params = {n: p.detach() for n, p in model.named_parameters()}
     weights = _weights(model)
     masks = masks or {}

@@ -1,192 +1,266 @@
-"""Accuracy against size: recipes of compression choices, their validation, and the Pareto
-frontier of measured (bytes, quality) points. Pure data and maths; ``api.pareto`` runs them.
-
-A recipe is one point of a grid: a pruning method and pattern (or none), a quantization
-(bits, group, symmetric, quantizer) or none, and the dtype of the float tensors stored. A grid
-file is YAML:
-
-    points:
-      - {name: dense-fp16, dtype: float16}
-      - {name: sgpt-50-int4, method: sparsegpt, pattern: "0.5", bits: 4, group: 128}
-      - {name: rtn-int4, bits: 4, quantizer: rtn}
-
-Unknown keys and impossible combinations are errors before any work starts.
-"""
+"""The accuracy-versus-size sweep: every recipe of a grid measured on one model (quality, bytes
+of its real checkpoint, seconds), points reused from an earlier run, and the frontier."""
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from dataclasses import dataclass
+import csv
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from ..errors import PrunekitError, UsageError
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-DTYPES = ("float32", "float16", "bfloat16")
-QUANTIZERS = ("gptq", "rtn", "awq")
+from ..data.calibration import calibration
+from ..errors import DataError, ModelError
+from ..eval.protocol import prepare_evaluation
+from ..formats.checkpoint import MANIFEST, WEIGHTS, inspect_checkpoint, write_checkpoint
+from ..formats.load import load_model
+from ..methods.base import LayerResult
+from ..models.adapter import HFAdapter, max_positions
+from ..models.digits import parse_small_spec, trained_digits_mlp
+from ..models.loaders import LoadedModel, resolve_model
+from ..network import linear_targets, prune_layers
+from ..output import write_folder
+from ..plan import Plan, make_plan, model_dtype
+from ..quant import QuantSpec
+from ..report import PruneReport, pareto_report
+from ..run import copy_model, quantized_weights, run_one
+from .classifiers import classifier_metrics, is_small_model
+from .grid import Recipe, dominated_by, frontier
+
+
+POINT_FILE = "point.json"
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """name: unique label. method/pattern: pruning (None: dense). bits/group/symmetric: the
-    grid (bits None: no quantization; group None: per channel). quantizer: gptq (with
-    sparsegpt: in the same sweep, joint), rtn, or awq (quantization only). dtype: the dtype of
-    the float tensors after compression (embeddings, norms, pruned float weights; quantized
-    layers are stored as codes whatever it is)."""
+class Setup:
+    """How a sweep measures one model. ``run(recipe)`` compresses a copy and returns (the
+    module to store, its layer results, its evaluation); ``quality`` names the evaluation's
+    figure (``higher`` is better); ``source`` names the model and ``calibration`` its data;
+    ``numel``: its float values (for the fp16 size); ``builder``: how a plain module is
+    rebuilt; ``targets``: the compressible weights' names."""
 
-    name: str
-    method: str | None = None
-    pattern: str | None = None
-    bits: int | None = None
-    group: int | None = 128
-    symmetric: bool = True
-    quantizer: str = "gptq"
-    dtype: str = "float32"
-
-    def check(self) -> None:
-        """Raise :class:`UsageError` for an impossible recipe, naming it."""
-        where = f"grid point {self.name!r}"
-        if (self.method is None) != (self.pattern is None):
-            raise UsageError(f"{where}: 'method' and 'pattern' go together (e.g. sparsegpt "
-                             "and 0.5), or neither for a dense point")
-        if self.dtype not in DTYPES:
-            raise UsageError(f"{where}: dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
-        if self.quantizer not in QUANTIZERS:
-            raise UsageError(f"{where}: quantizer {self.quantizer!r}: use one of "
-                             f"{', '.join(QUANTIZERS)}")
-        if self.bits is not None and self.bits not in (2, 3, 4, 8):
-            raise UsageError(f"{where}: bits {self.bits!r}: use 2, 3, 4 or 8")
-        if self.bits is None and self.quantizer != "gptq":
-            raise UsageError(f"{where}: quantizer {self.quantizer!r} without bits")
-        if self.method is not None and self.bits is not None and self.quantizer == "awq":
-            raise UsageError(f"{where}: awq quantizes dense models; with pruning use gptq "
-                             "(joint with sparsegpt) or rtn")
-        if self.group is not None and (not isinstance(self.group, int) or self.group < 1):
-            raise UsageError(f"{where}: group {self.group!r} must be a positive integer or null")
-        if self.method is not None:
-            from ..api import check_kind, resolve_pattern
-
-            try:
-                check_kind(self.method, "prune")
-                resolve_pattern(self.pattern, self.method)
-            except PrunekitError as exc:
-                raise UsageError(f"{where}: {exc}") from None
-
-    def describe(self) -> str:
-        parts = [f"{self.method} {self.pattern}"] if self.method else []
-        if self.bits:
-            group = "channel" if self.group is None else f"g{self.group}"
-            parts.append(f"int{self.bits} {group} {self.quantizer}")
-        if not parts:
-            return f"dense {self.dtype}"
-        return " + ".join(parts) + ("" if self.dtype == "float32" else f" ({self.dtype})")
+    run: Callable[[Recipe], tuple[nn.Module, list[LayerResult], dict[str, Any]]]
+    quality: str
+    higher: bool
+    source: str
+    calibration: dict[str, Any]
+    numel: int
+    builder: str | None
+    targets: set[str]
 
 
-FIELDS = {f.name for f in dataclasses.fields(Recipe)}
+def _checkpoint_bytes(folder: Path) -> int:
+    return sum((folder / f).stat().st_size for f in (WEIGHTS, MANIFEST))
 
 
-def _baseline(name: str, **kw: Any) -> Recipe:
-    return Recipe(name=name, **kw)
+def recipe_plan(recipe: Recipe) -> Plan | None:
+    """The plan a grid recipe runs: a pruning method (quantizing the kept weights with
+    ``bits``), a quantizer alone, or nothing (None: a dense point)."""
+    spec = (QuantSpec(recipe.bits, recipe.group, recipe.symmetric)
+            if recipe.bits is not None else None)
+    if recipe.method is not None:
+        settings = {} if spec is None else {"quant": spec, "quant_method": recipe.quantizer}
+        return make_plan(recipe.method, recipe.pattern, settings)
+    if spec is not None:
+        return make_plan(recipe.quantizer, None, {"quant": spec})
+    return None
 
 
-def default_grid() -> list[Recipe]:
-    """Dense fp32/fp16/bf16, int8, int4 g128, 50 % and 2:4, each with int4, 70/80/90 % + int4
-    (joint SparseGPT + GPTQ), and magnitude-only / RTN-only baselines at the same points. Every
-    compressed point keeps its other float tensors in float16, as models are shipped."""
-    h = "float16"
-    grid = [Recipe("dense-fp32"), Recipe("dense-fp16", dtype=h), Recipe("dense-bf16", dtype="bfloat16"),
-            Recipe("int8-gptq", bits=8, group=None, dtype=h), Recipe("int4-gptq", bits=4, dtype=h),
-            Recipe("sgpt-50", "sparsegpt", "0.5", dtype=h),
-            Recipe("sgpt-2:4", "sparsegpt", "2:4", dtype=h),
-            Recipe("sgpt-50-int4", "sparsegpt", "0.5", bits=4, dtype=h),
-            Recipe("sgpt-2:4-int4", "sparsegpt", "2:4", bits=4, dtype=h)]
-    grid += [Recipe(f"sgpt-{int(s * 100)}-int4", "sparsegpt", str(s), bits=4, dtype=h)
-             for s in (0.7, 0.8, 0.9)]
-    grid += [Recipe("int8-rtn", bits=8, group=None, quantizer="rtn", dtype=h),
-             Recipe("int4-rtn", bits=4, quantizer="rtn", dtype=h),
-             Recipe("mag-50", "magnitude", "0.5", dtype=h),
-             Recipe("mag-2:4", "magnitude", "2:4", dtype=h),
-             Recipe("mag-50-int4-rtn", "magnitude", "0.5", bits=4, quantizer="rtn", dtype=h),
-             Recipe("mag-2:4-int4-rtn", "magnitude", "2:4", bits=4, quantizer="rtn", dtype=h)]
-    grid += [Recipe(f"mag-{int(s * 100)}-int4-rtn", "magnitude", str(s), bits=4,
-                    quantizer="rtn", dtype=h) for s in (0.7, 0.8, 0.9)]
-    return grid
+def _run_recipe(loaded: LoadedModel, recipe: Recipe, batches: Sequence[dict[str, torch.Tensor]],
+                info: dict[str, Any], measure: Callable[[nn.Module], dict[str, Any]]
+                ) -> tuple[LoadedModel, PruneReport | None, dict[str, Any]]:
+    """Compress a copy of ``loaded`` by ``recipe``; its evaluation (float tensors evaluated in
+    float32 after rounding to the recipe's dtype)."""
+    work = copy_model(loaded)
+    plan = recipe_plan(recipe)
+    report = None if plan is None else run_one(work, plan, batches, calibration_info=info)
+    work.model.to(model_dtype(recipe.dtype))  # what is stored; measured in float32
+    return work, report, measure(copy.deepcopy(work.model).float())
 
 
-def parse_grid(data: Any, source: str = "grid") -> list[Recipe]:
-    """Recipes from a parsed grid file ({"points": [{...}, ...]}), all checked, names unique."""
-    if not isinstance(data, dict) or set(data) != {"points"} or not isinstance(data["points"], list):
-        raise UsageError(f"{source}: a grid file holds one key, 'points', with a list of "
-                         "points (see docs/pareto.md)")
-    recipes, names = [], set()
-    for i, point in enumerate(data["points"]):
-        if not isinstance(point, dict) or "name" not in point:
-            raise UsageError(f"{source}: point {i + 1} must be a mapping with a 'name'")
-        unknown = sorted(set(point) - FIELDS)
-        if unknown:
-            raise UsageError(f"{source}: point {point['name']!r} has unknown key(s) "
-                             f"{', '.join(unknown)}: use {', '.join(sorted(FIELDS))}")
-        if point["name"] in names:
-            raise UsageError(f"{source}: two points are named {point['name']!r}")
-        names.add(point["name"])
-        fields = {**point, "name": str(point["name"])}
-        if fields.get("pattern") is not None:
-            fields["pattern"] = str(fields["pattern"])
-        recipe = Recipe(**fields)
-        recipe.check()
-        recipes.append(recipe)
-    if not recipes:
-        raise UsageError(f"{source}: the grid has no points")
-    return recipes
+def sweep(model: str | LoadedModel, out: Path, recipes: list[Recipe], *,
+           calib: str = "stdlib", samples: int = 64, seqlen: int = 128, batch_size: int = 8,
+           seed: int = 0, progress: Callable[[str, int, int], None] | None = None,
+           labels: str | None = None) -> dict[str, Any]:
+    """Measure every point of ``recipes`` on ``model``: quality (the
+    model's own metric), bytes of its real prunekit checkpoint, ratio to dense fp16, seconds;
+    then the frontier. Points already measured in ``out`` are reused (an interrupted run
+    resumes). Writes out/points/NAME/ (checkpoint and point.json), pareto.json, pareto.md and
+    pareto.png; returns the pareto.json content. ``labels``: a labelled set (JSONL or CSV with
+    ``text`` and ``label``) for a Hugging Face sequence classifier: quality is its accuracy."""
+    t0 = time.perf_counter()
+    if labels is not None:
+        examples = read_labelled(labels)  # before the model loads
+        setup = _transformer_points(model, calib, samples, seqlen, batch_size, seed, examples)
+    elif isinstance(model, str) and is_small_model(model):
+        setup = _classifier_points(model, samples, seed)
+    else:
+        setup = _transformer_points(model, calib, samples, seqlen, batch_size, seed)
+    quality = setup.quality
+    points = []
+    for i, recipe in enumerate(recipes):
+        folder = out / "points" / recipe.name
+        if (folder / POINT_FILE).is_file():
+            points.append(json.loads((folder / POINT_FILE).read_text()))
+            continue
+        if progress is not None:
+            progress(recipe.name, i, len(recipes))
+        start = time.perf_counter()
+        module, results, evaluation = setup.run(recipe)
+        seconds = time.perf_counter() - start
+        point = {"name": recipe.name, "recipe": dataclasses.asdict(recipe),
+                 "label": recipe.describe(), "quality_metric": quality,
+                 quality: evaluation[quality], "evaluation": evaluation, "seconds": seconds}
+
+        def write(tmp: Path) -> None:
+            write_checkpoint(tmp, module, quantized=quantized_weights(results or []),
+                             builder=setup.builder,
+                             provenance={"source": setup.source, "recipe": recipe.describe()})
+            point["bytes"] = _checkpoint_bytes(tmp)
+            point["ratio_fp16"] = 2 * setup.numel / point["bytes"]
+            point.update(_target_bytes(tmp, setup.targets))
+            (tmp / POINT_FILE).write_text(json.dumps(point, indent=1, default=str) + "\n")
+
+        write_folder(folder, True, write)
+        points.append(point)
+    result = summarize_points(points, quality, setup.higher, setup.source, setup.calibration,
+                              setup.numel)
+    result["seconds_this_run"] = time.perf_counter() - t0
+    pareto_report(result, out)
+    return result
 
 
-def load_grid(spec: str) -> list[Recipe]:
-    """``"default"`` or the path of a YAML grid file."""
-    if spec == "default":
-        grid = default_grid()
-        for r in grid:
-            r.check()
-        return grid
-    import yaml
+def _target_bytes(folder: Path, targets: set[str]) -> dict[str, Any]:
+    """Bytes and ratio to fp16 of the compressible layers' weights alone (the Linear layers of
+    the blocks), from the checkpoint's own part sizes."""
+    rows = [t for t in inspect_checkpoint(folder)["tensors"] if t["name"] in targets]
+    values = sum(math.prod(t["shape"]) for t in rows)
+    stored = sum(t["bytes"] for t in rows)
+    return {"layer_bytes": stored, "layer_values": values,
+            "layer_ratio_fp16": 2 * values / stored if stored else 0.0}
 
+
+def read_labelled(path: str) -> list[tuple[str, str]]:
+    """(text, label) pairs of a JSONL file (one {"text": ..., "label": ...} per line) or a CSV
+    file with ``text`` and ``label`` columns."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"--labels {path!r}: no such file (JSONL or CSV with text and label)")
     try:
-        with open(spec) as f:
-            data = yaml.safe_load(f)
-    except OSError as exc:
-        raise UsageError(f"--grid {spec!r}: {exc.strerror}: pass 'default' or a YAML file") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"--grid {spec!r} is not valid YAML: {exc}") from None
-    return parse_grid(data, spec)
+        if p.suffix == ".csv":
+            with open(p, newline="") as f:
+                rows = list(csv.DictReader(f))
+        else:
+            rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError, csv.Error) as exc:
+        raise DataError(f"--labels {path!r}: unreadable ({exc})") from None
+    if not rows or any(not isinstance(r, dict) or "text" not in r or "label" not in r
+                       for r in rows):
+        raise DataError(f"--labels {path!r}: every row needs 'text' and 'label'")
+    return [(str(r["text"]), str(r["label"])) for r in rows]
 
 
-def frontier(points: list[dict], quality: str, higher_is_better: bool = True) -> list[bool]:
-    """Which points are Pareto-optimal in (bytes: smaller better, ``quality``). A point is
-    dominated when another is no larger and no worse, and strictly better in one; identical
-    points do not dominate each other (both stay)."""
-    def better_eq(a: float, b: float) -> bool:
-        return a >= b if higher_is_better else a <= b
+def _transformer_points(model: str | LoadedModel, calib: str, samples: int, seqlen: int,
+                        batch_size: int, seed: int,
+                        examples: list[tuple[str, str]] | None = None) -> Setup:
+    """The :class:`Setup` of a Hugging Face model: embedding fidelity or perplexity; with
+    labelled ``examples``, a sequence classifier's accuracy on them."""
+    if examples is None:
+        loaded = model if isinstance(model, LoadedModel) else load_model(model)
+        measure = prepare_evaluation(loaded, calib, seqlen, "cpu")
+        quality, higher = (("cosine", True) if loaded.kind == "encoder"
+                           else ("pruned_ppl", False))
+        extra: dict[str, Any] = {}
+    else:
+        loaded = (model if isinstance(model, LoadedModel)
+                  else _load_sequence_classifier(model))
+        measure = _accuracy_on(loaded, examples, seqlen)
+        quality, higher = "accuracy", True
+        extra = {"dense_accuracy": measure(loaded.model)["accuracy"]}
+    batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
+                          max_positions(loaded.model))
+    info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
+            **({} if examples is None else {"labelled": len(examples)})}
+    numel = sum(t.numel() for t in loaded.model.state_dict().values() if t.is_floating_point())
 
-    out = []
-    for p in points:
-        dominated = any(
-            q is not p and q["bytes"] <= p["bytes"] and better_eq(q[quality], p[quality])
-            and (q["bytes"] < p["bytes"] or q[quality] != p[quality])
-            for q in points)
-        out.append(not dominated)
-    return out
+    def run(recipe: Recipe) -> tuple[nn.Module, list[LayerResult], dict[str, Any]]:
+        work, report, evaluation = _run_recipe(loaded, recipe, batches, info, measure)
+        return work.model, (report.layers if report else []), {**evaluation, **extra}
+
+    targets = {f"{n}.weight" for n in HFAdapter().all_targets(loaded.model)}
+    return Setup(run, quality, higher, loaded.source, info, numel, None, targets)
 
 
-def dominated_by(points: list[dict], quality: str, higher_is_better: bool = True
-                 ) -> dict[str, list[str]]:
-    """{point name: names of the points it dominates}."""
-    def better_eq(a: float, b: float) -> bool:
-        return a >= b if higher_is_better else a <= b
+def _load_sequence_classifier(model: str) -> LoadedModel:
+    path, local = resolve_model(model)
+    try:
+        net = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=local)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=local)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"--labels needs a sequence classifier: cannot load {model!r} as "
+                         f"one: {str(exc).splitlines()[0]}") from None
+    return LoadedModel(model=net.eval(), tokenizer=tok, source=model, kind="encoder")
 
-    return {q["name"]: [p["name"] for p in points if p is not q and q["bytes"] <= p["bytes"]
-                        and better_eq(q[quality], p[quality])
-                        and (q["bytes"] < p["bytes"] or q[quality] != p[quality])]
-            for q in points}
+
+def _accuracy_on(loaded: LoadedModel, examples: list[tuple[str, str]], seqlen: int
+                 ) -> Callable[[nn.Module], dict[str, Any]]:
+    """measure(model): accuracy on the labelled ``examples`` (labels matched to the model's
+    id2label names, or read as indices)."""
+    names = {str(v): int(k) for k, v in (loaded.model.config.id2label or {}).items()}
+    try:
+        y = torch.tensor([names[lab] if lab in names else int(lab) for _, lab in examples])
+    except ValueError:
+        raise DataError(f"labels {sorted({lab for _, lab in examples})[:5]} are neither the "
+                        f"model's label names {sorted(names)[:5]} nor indices") from None
+    enc = loaded.tokenizer([t for t, _ in examples], truncation=True, max_length=seqlen,
+                           padding=True, return_tensors="pt")
+
+    def measure(m: nn.Module) -> dict[str, Any]:
+        with torch.no_grad():
+            logits = torch.cat([m(**{k: v[i : i + 32] for k, v in enc.items()}).logits
+                                for i in range(0, len(y), 32)])
+        return {"accuracy": float((logits.argmax(-1) == y).double().mean()), "n_test": len(y)}
+
+    return measure
 
 
-#: The literature's rough frontier (fraction of dense fp16 size, relative quality loss).
-LITERATURE = [("dense int8", 1 / 2, 0.01), ("50 % sparse + int4", 1 / 8, 0.03),
-              ("90 % sparse + int4", 1 / 30, 0.05)]
+def _classifier_points(spec: str, samples: int, seed: int) -> Setup:
+    """The :class:`Setup` of a built-in classifier (``digits-mlp[:HIDDEN]``): test accuracy on
+    the held-out split; layer methods calibrated on the first ``samples`` training images."""
+    net, data = trained_digits_mlp(parse_small_spec(spec), seed=seed)
+    x = data.x_train[:samples]
+    dense = classifier_metrics(net, data.x_test, data.y_test)
+    info = {"source": "sklearn digits (train split)", "samples": len(x), "seed": seed}
+
+    def run(recipe: Recipe) -> tuple[nn.Module, list[LayerResult], dict[str, Any]]:
+        work = copy.deepcopy(net)
+        plan = recipe_plan(recipe)
+        results = [] if plan is None else prune_layers(work, plan, None, x)
+        work.to(model_dtype(recipe.dtype))  # what is stored; measured in the data's dtype
+        evaluated = copy.deepcopy(work).to(data.x_test.dtype)
+        return work, results, {**classifier_metrics(evaluated, data.x_test, data.y_test),
+                               "dense_accuracy": dense["accuracy"]}
+
+    numel = sum(t.numel() for t in net.state_dict().values() if t.is_floating_point())
+    targets = {f"{n}.weight" for n in linear_targets(net)}
+    return Setup(run, "accuracy", True, spec, info, numel, spec, targets)
+
+
+def summarize_points(points: list[dict], quality: str, higher: bool, source: str,
+                     calibration_info: dict, numel: int) -> dict[str, Any]:
+    """The frontier flags and domination lists of measured points."""
+    flags = frontier(points, quality, higher)
+    for p, on in zip(points, flags):
+        p["frontier"] = on
+    return {"model": source, "quality_metric": quality, "higher_is_better": higher,
+            "calibration": calibration_info, "dense_fp16_bytes": 2 * numel, "points": points,
+            "dominates": dominated_by(points, quality, higher)}

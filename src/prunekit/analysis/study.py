@@ -10,6 +10,16 @@ prunekit checkpoint of the same network, whose zeros are the mask.
 
 from __future__ import annotations
 
+from ..curvature import (MAX_DENSE_PARAMS, check_dense_size, empirical_fisher, fisher_diagonal,
+                         flat_weights)
+from ..errors import ModelError
+from ..formats.load import load_checkpoint
+from ..masks import prune_count
+from ..methods.obd import obd_prune
+from ..methods.obs import obs_prune
+from ..models.digits import digits_cnn, digits_mlp, parse_small_spec
+from ..training.lottery import prune_round
+
 import copy
 import math
 import os
@@ -90,8 +100,6 @@ def lottery_masks(init: nn.Module, data: DigitsData, levels: list[float], budget
     train with the current masks from the initial weights, remove 20 % of the kept weights of
     each layer by magnitude (:func:`prunekit.training.lottery.prune_round`), repeat. For each
     wanted level, the masks of the round whose sparsity is closest, with that sparsity."""
-    from ..training.lottery import prune_round
-
     rounds = max(math.ceil(math.log(1 - max(levels)) / math.log(1 - IMP_RATE)), 1)
     masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in masks_of(init).items()}
     history = []
@@ -108,12 +116,6 @@ def second_order_masks(init: nn.Module, data: DigitsData, method: str, levels: l
     """Whole-network OBS/OBD (empirical Fisher, as ``prunekit prune --method obs-network|obd``)
     masks of the densely trained network. One greedy OBS run (or one OBD ranking) to the
     highest level gives every level: the weights removed first are pruned at every level."""
-    from ..curvature import empirical_fisher, fisher_diagonal
-    from ..masks import prune_count
-    from ..methods.obd import obd_prune
-    from ..methods.obs import obs_prune
-    from ..network import NetworkConfig, check_network_size, flat_weights
-
     work = train_masked(init, {}, data, budget).double()
     names = list(masks_of(work))
     w = flat_weights(work, names)
@@ -121,7 +123,7 @@ def second_order_masks(init: nn.Module, data: DigitsData, method: str, levels: l
     loss_fn = nn.CrossEntropyLoss()
     n_max = prune_count(w.numel(), max(levels))
     if method == "obs":
-        check_network_size(w.numel(), "obs-network", NetworkConfig())
+        check_dense_size(w.numel(), MAX_DENSE_PARAMS)
         H = empirical_fisher(work, loss_fn, x, y, names)
         order = obs_prune(w, H, n_max, rel_damp=0.01).order
     else:
@@ -152,9 +154,7 @@ def at_init_masks(init: nn.Module, data: DigitsData, method: str, level: float, 
 
 def checkpoint_masks(init: nn.Module, path: str) -> Masks:
     """The zeros of a saved prunekit checkpoint of the same network, as masks."""
-    from ..api import load
-
-    saved = load(path, model=copy.deepcopy(init))
+    saved = load_checkpoint(path, model=copy.deepcopy(init))
     return masks_of(saved if isinstance(saved, nn.Module) else saved.model)
 
 
@@ -208,18 +208,19 @@ def kernel_study(init: nn.Module, data: DigitsData, masks: list[tuple[str, Masks
     return rows
 
 
-def small_network(spec: str, seed: int = 0) -> nn.Module:
-    """``digits-mlp[:HIDDEN]`` or ``digits-cnn[:CHANNELS]`` at its seeded initialisation."""
-    from ..errors import ModelError
-    from ..models.digits import digits_cnn, digits_mlp, parse_small_spec
-
-    torch.manual_seed(seed)
+def small_network(spec: str, seed: int = 0, generator: torch.Generator | None = None
+                  ) -> nn.Module:
+    """``digits-mlp[:HIDDEN]`` or ``digits-cnn[:CHANNELS]`` at its seeded initialisation: drawn
+    from ``generator``, or from ``torch.Generator().manual_seed(seed)`` (the same weights as
+    ``torch.manual_seed(seed)`` and the default initialisation gave); the global RNG is left
+    alone."""
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
     if spec.split(":", 1)[0] == "digits-cnn":
         _, _, c = spec.partition(":")
         if c and not (c.isdigit() and int(c) > 0):
             raise ModelError(f"model {spec!r}: use digits-cnn[:CHANNELS], e.g. digits-cnn:8")
-        return digits_cnn(int(c) if c else 8)
-    return digits_mlp(parse_small_spec(spec))
+        return digits_cnn(int(c) if c else 8, generator=g)
+    return digits_mlp(parse_small_spec(spec), generator=g)
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float:

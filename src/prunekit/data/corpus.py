@@ -138,7 +138,7 @@ def _stdlib_source_files(root: Path) -> Iterator[tuple[Path, str]]:
 
 def _topic_documents() -> list[Document]:
     """The pydoc topics (language reference sections), sorted by name."""
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # lazy: 700 kB of text, read only for this corpus
 
     return [Document(f"topics:{name}", text) for name, text in sorted(topics.items())]
 

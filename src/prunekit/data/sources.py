@@ -162,7 +162,7 @@ def _looks_like_path(source: str) -> bool:
 def _import_datasets() -> Any:
     """Import the optional ``datasets`` package, or explain how to install it."""
     try:
-        import datasets
+        import datasets  # optional: prunekit[datasets]
     except ImportError as exc:
         raise DataError(
             f"reading Hugging Face datasets needs the 'datasets' package: {_INSTALL_HINT}"

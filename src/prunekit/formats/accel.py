@@ -12,9 +12,11 @@ F.linear then dispatches to the sparse kernel.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 from torch import nn
+from torch.sparse import to_sparse_semi_structured
 
 from ..errors import ModelError, UsageError
 
@@ -53,8 +55,6 @@ class CSRLinear(nn.Module):
 def to_cpu_sparse_(model: nn.Module, min_sparsity: float = CPU_SPARSE_MIN_SPARSITY) -> list[str]:
     """Replace the CPU Linear layers at least ``min_sparsity`` sparse (the measured threshold by
     default) by :class:`CSRLinear`, in place. Returns their names."""
-    import warnings
-
     done = []
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or module.weight.device.type != "cpu":
@@ -96,8 +96,6 @@ def to_semi_structured_(model: nn.Module, layers: list[str] | None = None) -> li
         raise UsageError(f"semi-structured 2:4 sparsity runs on CUDA GPUs (Ampere or newer); the "
                          f"model is on {device}: load with device='cuda', or leave it dense")
     layers = two_four_linears(model) if layers is None else layers
-    from torch.sparse import to_sparse_semi_structured
-
     for name in layers:
         module = model.get_submodule(name)
         if module.weight.dtype not in SEMI_STRUCTURED_DTYPES:

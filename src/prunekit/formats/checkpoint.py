@@ -26,9 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .._version import __version__
 from ..errors import ModelError
+from ..models.digits import digits_mlp, parse_small_spec
+from ..models.loaders import model_kind
 from ..quant.grid import QuantizedWeight
 from .tensors import FORMATS, Encoded, best_encoding, decode
 
@@ -133,8 +139,6 @@ def model_description(model: nn.Module, builder: str | None = None) -> dict[str,
     """How to rebuild the module: a Hugging Face config (written beside), or a builder spec."""
     config = getattr(model, "config", None)
     if config is not None and hasattr(model, "save_pretrained"):
-        from ..models.loaders import model_kind
-
         return {"kind": "hf", "class": type(model).__name__, "task": model_kind(config)}
     return {"kind": "plain", "class": f"{type(model).__module__}.{type(model).__qualname__}",
             "builder": builder}
@@ -142,8 +146,6 @@ def model_description(model: nn.Module, builder: str | None = None) -> dict[str,
 
 def write_parts(folder: Path, file: str, parts: Mapping[str, Tensor]) -> dict[str, Any]:
     """Write ``parts`` to ``folder/file``; returns its manifest record (bytes, SHA-256)."""
-    from safetensors.torch import save_file
-
     save_file(dict(parts), str(folder / file), metadata={"format": FORMAT_NAME})
     return {"bytes": (folder / file).stat().st_size, "sha256": _sha256(folder / file)}
 
@@ -165,8 +167,6 @@ def write_manifest(folder: Path, model: nn.Module, entries: dict[str, Any],
                    builder: str | None = None, provenance: dict | None = None) -> dict:
     """Write the manifest of tensors ``entries`` stored in ``files`` (with the config and
     tokenizer of a Hugging Face ``model``, which may be a skeleton without weights)."""
-    from .. import __version__
-
     description = model_description(model, builder)
     if description["kind"] == "hf":
         model.config.save_pretrained(folder)
@@ -223,9 +223,6 @@ def _check_files(path: Path, manifest: dict) -> None:
 
 def read_state(path: str | Path, manifest: dict | None = None) -> dict[str, Tensor]:
     """The decoded state dict of checkpoint ``path``, validated against its manifest."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     manifest = manifest or read_manifest(path)
     _check_files(path, manifest)
@@ -277,15 +274,11 @@ def build_model(path: Path, manifest: dict, skeleton: nn.Module | None = None) -
         return skeleton
     desc = manifest["model"]
     if desc.get("kind") == "hf":
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         auto = AutoModelForCausalLM if desc.get("task") == "causal" else AutoModel
         return auto.from_config(config)
     builder = desc.get("builder")
     if builder:
-        from ..models.digits import digits_mlp, parse_small_spec
-
         return digits_mlp(parse_small_spec(builder))
     raise ModelError(f"{path}: a plain {desc.get('class')} without a builder: pass the module "
                      "to load into, prunekit.load(DIR, model=MyModule(...))")

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..errors import ModelError
@@ -61,8 +62,6 @@ def export_compressed_tensors(model: nn.Module, quantized: Mapping[str, Quantize
 
     Every quantized layer must share one grid (bits, group, symmetry); AWQ input scales must
     have been folded (pack-quantized has no input scale)."""
-    from safetensors.torch import save_file
-
     if not quantized:
         raise ModelError("nothing to export to compressed-tensors: no layer was quantized "
                          "(a pruned-only model exports with --format hf)")

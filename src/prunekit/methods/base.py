@@ -2,7 +2,7 @@
 
 A method is one file in ``methods/``: pure maths functions at the top, a frozen config
 dataclass, and a :class:`LayerCompressor` subclass registered by name with :func:`register`.
-The CLI and the API read :data:`REGISTRY`; a new method needs no other edit.
+The registry (:mod:`prunekit.methods`) finds it; a new method needs no other edit.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -18,11 +18,43 @@ from torch import Tensor, nn
 from ..errors import NumericalError, PatternError, UsageError
 from ..hessian import Damping, HessianAccumulator
 from ..masks import sparsity
-from ..patterns import NM, Pattern
-from ..quant import AFTER_PRUNING
+from ..patterns import Pattern, Unstructured
+from ..quant import AFTER_PRUNING, quantize_kept
 from ..quant.grid import QuantizedWeight, QuantSpec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+#: {name: method class}; filled by :func:`register`, read through
+#: :func:`prunekit.methods.get_method` (which first imports every method module).
+REGISTRY: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: make a method reachable by its ``name`` from the API and the CLI."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"method {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class Flag:
+    """The command-line flag of a config field. ``type``: how the CLI parses its text
+    ("str", "int", "positive", "nonnegative"); ``const``: a flag without a value that sets
+    the field to ``const``; ``choices``: the values allowed."""
+
+    name: str
+    help: str
+    type: str = "str"
+    choices: tuple[str, ...] | None = None
+    const: object = None
+
+
+def setting(default: object, flag: str, help: str, **kwargs: object) -> Any:
+    """A config field with the command-line flag that sets it (see :class:`Flag`): the CLI
+    builds its method flags from these, so a new method's settings need no CLI edit."""
+    return field(default=default, metadata={"flag": Flag(flag, help, **kwargs)})
 
 
 @dataclass(frozen=True)
@@ -35,9 +67,12 @@ class MethodConfig:
     "gptq" after pruning the layer, compensating into kept weights only, or "rtn".
     """
 
-    hessian_dtype: str = "float32"
+    hessian_dtype: str = setting("float32", "--hessian-dtype", "precision of the Hessian and "
+                                 "solves (default float32)", choices=tuple(DTYPES))
     quant: QuantSpec | None = None
-    quant_method: str = "gptq"
+    quant_method: str = setting("gptq", "--quant-method", "with --bits, for methods other than "
+                                "sparsegpt (and with --two-step): how to quantize after pruning "
+                                "(default gptq)", choices=AFTER_PRUNING)
 
     def __post_init__(self) -> None:
         if self.hessian_dtype not in DTYPES:
@@ -131,22 +166,14 @@ class LayerCompressor(ABC):
         self.config = config
         self.layer_name = name
         W = weight_matrix(layer)
-        if isinstance(pattern, NM):
-            pattern.check_fits(W.shape[1], where=name)
-        if getattr(pattern, "scope", None) == "global" and not self.supports_global:
-            raise PatternError(
-                f"method {self.name!r} has no global scope: use --scope row or layer "
-                "(global ranking is for magnitude and movement)"
-            )
-        if pattern is not None:
-            self.check(pattern, config)
         self.hessian: HessianAccumulator | None = HessianAccumulator(
             W.shape[1], DTYPES[config.hessian_dtype], W.device, name
         )
 
     @classmethod
     def check(cls, pattern: Pattern, config: MethodConfig) -> None:
-        """Raise a clear error, before any work, if ``pattern`` and ``config`` cannot go together."""
+        """Raise a clear error, before any work, if ``pattern`` and ``config`` cannot go
+        together."""
 
     def add_batch(self, x: Tensor) -> None:
         """Accumulate statistics from layer inputs x: (..., in_features)."""
@@ -167,8 +194,6 @@ class LayerCompressor(ABC):
 
     def _quantize_after(self, W_new: Tensor, H: Tensor, extra: dict) -> Tensor:
         """``prune ... --bits``: quantize the pruned weight, keeping its zeros (two-step)."""
-        from ..quant import quantize_kept
-
         cfg = self.config
         W_new, extra["quantized"], damp = quantize_kept(
             W_new, H, cfg.quant, cfg.quant_method, blocksize=getattr(cfg, "blocksize", 128),
@@ -217,25 +242,42 @@ class LayerCompressor(ABC):
         self.hessian = None
 
 
-REGISTRY: dict[str, type[LayerCompressor]] = {}
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Settings shared by the whole-network methods (none; each method adds its own)."""
 
 
-def register(cls: type[LayerCompressor]) -> type[LayerCompressor]:
-    """Class decorator: make a method reachable by its ``name`` from the API and the CLI."""
-    if cls.name in REGISTRY:
-        raise ValueError(f"method {cls.name!r} is registered twice")
-    REGISTRY[cls.name] = cls
-    return cls
+class NetworkMethod(ABC):
+    """Whole-network pruning of a small model: every prunable weight ranked together on a
+    labelled task loss (:func:`prunekit.network.prune_network` runs it). Subclasses implement
+    :meth:`select`, a thin call of their pure maths function."""
 
+    name: ClassVar[str]
+    kind: ClassVar[str] = "network"
+    config_cls: ClassVar[type[NetworkConfig]] = NetworkConfig
+    supports_global: ClassVar[bool] = True
+    default_scope: ClassVar[str] = "global"
+    description: ClassVar[str] = ""
 
-def get_method(name: str) -> type[LayerCompressor]:
-    """The registered method called ``name``, or a :class:`UsageError` listing the choices."""
-    from . import load_builtin_methods
+    @classmethod
+    def check(cls, pattern: Pattern | None, config: NetworkConfig) -> None:
+        """A global unstructured sparsity: the method ranks all weights together."""
+        if not isinstance(pattern, Unstructured):
+            raise PatternError(f"{cls.name} ranks all weights of the network together: pass a "
+                               f"sparsity such as 0.9, not {pattern}")
+        if pattern.scope != "global":
+            raise UsageError(f"--method {cls.name} ranks all weights together: drop --scope "
+                             "(or pass Unstructured(s, 'global'))")
 
-    load_builtin_methods()
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise UsageError(
-            f"unknown method {name!r}: choose one of {', '.join(sorted(REGISTRY))}"
-        ) from None
+    @classmethod
+    def dense(cls, config: NetworkConfig) -> bool:
+        """Whether the method needs the dense n × n curvature of the weights (size-limited)."""
+        return False
+
+    @classmethod
+    @abstractmethod
+    def select(cls, model: nn.Module, w: Tensor, names: list[str], x: Tensor, y: Tensor,
+               loss_fn: Any, sparsity: float, config: NetworkConfig
+               ) -> tuple[Tensor, dict, float | None]:
+        """The pruned flat weights of ``model`` (a float64 copy; ``w``: its flat weights
+        ``names``), the run's figures for the report, and the relative damping used."""

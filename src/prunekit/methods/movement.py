@@ -24,13 +24,12 @@ import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import ModelError, UsageError
 from ..masks import pattern_mask
 from ..patterns import Pattern
-from .base import LayerCompressor, MethodConfig, register, weight_matrix
+from .base import LayerCompressor, MethodConfig, register, setting, weight_matrix
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,9 @@ def movement_prune(W: Tensor, W0: Tensor, pattern: Pattern, score: str = "moveme
 class MovementConfig(MethodConfig):
     """score: "movement" (|w_T − w_0|) or "first-order" (w_T · (w_T − w_0))."""
 
-    score: str = "movement"
+    score: str = setting("movement", "--movement-score", "'movement' ranks |w - w_base| "
+                         "(default), 'first-order' w*(w - w_base), positive where a weight "
+                         "moved away from zero", choices=SCORES)
 
     def __post_init__(self) -> None:
         super().__post_init__()

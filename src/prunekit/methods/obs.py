@@ -20,7 +20,7 @@ from ..hessian import Damping, damped_cholesky
 from ..masks import prune_count
 from ..obs import obs_greedy_, obs_remove_rows_, obs_remove_set_
 from ..patterns import NM, Pattern, Unstructured
-from .base import LayerCompressor, MethodConfig, register
+from .base import LayerCompressor, MethodConfig, register, setting
 
 
 @dataclass
@@ -133,7 +133,8 @@ class ExactOBSConfig(MethodConfig):
     """rel_damp: λ = rel_damp · mean(diag H). row_batch: rows pruned together (memory:
     row_batch · in² numbers)."""
 
-    rel_damp: float = 0.01
+    rel_damp: float = setting(0.01, "--damp", "relative Hessian damping (default 0.01)",
+                               type="nonnegative")
     row_batch: int = 32
 
     def __post_init__(self) -> None:

@@ -22,7 +22,7 @@ from ..obs import inner_size, obs_sweep_
 from ..quant.gptq import ColumnQuantizer
 from ..quant.grid import QuantizedWeight, QuantSpec, fit, quantize_weight
 from ..patterns import NM, Pattern, Unstructured
-from .base import LayerCompressor, MethodConfig, register
+from .base import LayerCompressor, MethodConfig, register, setting
 
 
 class SaliencyPruneRule:
@@ -139,9 +139,13 @@ class SparseGPTConfig(MethodConfig):
     joint: with ``quant`` and quant_method "gptq", quantize in the pruning sweep itself
     (paper Sec. 3.5); False: prune the layer, then GPTQ it keeping the mask (two-step)."""
 
-    blocksize: int = 128
-    rel_damp: float = 0.01
-    joint: bool = True
+    blocksize: int = setting(128, "--blocksize", "column block size (default 128)",
+                             type="positive")
+    rel_damp: float = setting(0.01, "--damp", "relative Hessian damping (default 0.01)",
+                               type="nonnegative")
+    joint: bool = setting(True, "--two-step", "with --bits: prune each layer, then GPTQ it "
+                          "keeping the mask, instead of quantizing inside the pruning sweep",
+                          const=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -163,7 +167,8 @@ class SparseGPT(LayerCompressor):
         if isinstance(pattern, NM) and config.blocksize % pattern.m:
             raise PatternError(
                 f"--blocksize {config.blocksize} is not a multiple of m={pattern.m} of pattern "
-                f"{pattern}: use --blocksize {max(pattern.m, config.blocksize // pattern.m * pattern.m)}"
+                f"{pattern}: use --blocksize "
+                f"{max(pattern.m, config.blocksize // pattern.m * pattern.m)}"
             )
 
     def solve(self, W: Tensor, H: Tensor):

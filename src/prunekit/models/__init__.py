@@ -1,6 +1,3 @@
-"""Model adapters (the only code that knows model families) and loaders."""
-
-from .adapter import HFAdapter, ModelAdapter
-from .loaders import LoadedModel, load_model
-
-__all__ = ["HFAdapter", "LoadedModel", "ModelAdapter", "load_model"]
+"""Model adapters (the only code that knows model families), the built-in small classifiers,
+and the Hugging Face loader. Import the modules themselves: this package re-exports nothing,
+so that importing an adapter never imports a loader."""

@@ -153,3 +153,11 @@ class HFAdapter:
         for i, block in enumerate(blocks):
             out.update(self.targets(block, f"{prefix}.{i}"))
         return out
+
+
+def max_positions(model: nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        if cfg is not None and isinstance(getattr(cfg, key, None), int):
+            return getattr(cfg, key)
+    return None

@@ -3,12 +3,15 @@ handwritten digits (UCI optical digits, 1,797 images of 8 × 8 pixels, 10 classe
 Kaynak 1998), trained in seconds on a CPU.
 
 The default 64 → 128 → 10 ReLU network has 9,472 weights (plus 138 biases), small enough for a
-dense Hessian of every weight. The split and the training are seeded: the same spec gives the
-same network on every machine with the same torch build.
+dense Hessian of every weight. The split, the initialisation and the training of the built-in
+network are seeded, each from its own ``torch.Generator`` (the global RNG is neither seeded nor
+drawn from): the same spec gives the same network on every machine with the same torch build.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +37,7 @@ def load_digits_split(test_fraction: float = 0.25, seed: int = 0,
                       dtype: torch.dtype = torch.float64) -> DigitsData:
     """The digits data set split by class-stratified random sampling (``seed``)."""
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # optional: prunekit[digits]
     except ImportError:
         raise DataError(
             "the digits data set ships with scikit-learn: pip install scikit-learn"
@@ -51,9 +54,44 @@ def load_digits_split(test_fraction: float = 0.25, seed: int = 0,
     return DigitsData(x[~test], y[~test], x[test], y[test])
 
 
-def digits_mlp(hidden: int = 128, dtype: torch.dtype = torch.float64) -> nn.Sequential:
-    """64 → hidden → 10 with a ReLU; weights of the two Linear layers are the prunable ones."""
-    return nn.Sequential(nn.Linear(N_PIXELS, hidden), nn.ReLU(), nn.Linear(hidden, N_CLASSES)).to(dtype)
+def default_init_(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Initialise every Linear and Conv layer of ``model`` in place as their own
+    ``reset_parameters`` does (weight: Kaiming uniform with a = √5, i.e. U(±1/√fan_in); bias:
+    U(±1/√fan_in)), drawing from ``generator`` instead of the global RNG. Layers are visited in
+    ``model.modules()`` order, weight before bias, which is the order in which constructing a
+    :class:`~torch.nn.Sequential` of them draws: with ``torch.Generator().manual_seed(s)`` the
+    result is bit-identical to ``torch.manual_seed(s)`` followed by the construction (at the
+    same dtype)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                if m.bias is not None:
+                    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(m.weight)
+                    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+    return model
+
+
+def _build(make: Callable[[], nn.Module], dtype: torch.dtype,
+           generator: torch.Generator | None) -> nn.Module:
+    """``make()`` cast to ``dtype``; with a ``generator`` the layers are built on the meta
+    device (no draws from the global RNG) and initialised from ``generator`` at the default
+    dtype before the cast, as the plain construction would be."""
+    if generator is None:
+        return make().to(dtype)
+    with torch.device("meta"):
+        model = make()
+    return default_init_(model.to_empty(device="cpu"), generator).to(dtype)
+
+
+def digits_mlp(hidden: int = 128, dtype: torch.dtype = torch.float64,
+               generator: torch.Generator | None = None) -> nn.Sequential:
+    """64 → hidden → 10 with a ReLU; weights of the two Linear layers are the prunable ones.
+    Initialised from ``generator`` when given (see :func:`default_init_`), otherwise by
+    PyTorch's default initialisation from the global RNG."""
+    return _build(lambda: nn.Sequential(nn.Linear(N_PIXELS, hidden), nn.ReLU(),
+                                        nn.Linear(hidden, N_CLASSES)), dtype, generator)
 
 
 def train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int = 60,
@@ -77,13 +115,15 @@ def train_classifier(model: nn.Module, x: Tensor, y: Tensor, epochs: int = 60,
     return model.eval()
 
 
-def digits_cnn(channels: int = 8, dtype: torch.dtype = torch.float64) -> nn.Sequential:
+def digits_cnn(channels: int = 8, dtype: torch.dtype = torch.float64,
+               generator: torch.Generator | None = None) -> nn.Sequential:
     """A small CNN on the 8 × 8 images: two 3 × 3 convolutions (1 → c → 2c, padding 1, ReLU)
-    and a Linear classifier; its Conv and Linear weights are the prunable ones."""
-    return nn.Sequential(
+    and a Linear classifier; its Conv and Linear weights are the prunable ones. Initialised
+    from ``generator`` when given (see :func:`default_init_`), otherwise from the global RNG."""
+    return _build(lambda: nn.Sequential(
         nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
         nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(2 * channels * 64, N_CLASSES)).to(dtype)
+        nn.Linear(2 * channels * 64, N_CLASSES)), dtype, generator)
 
 
 def parse_small_spec(spec: str) -> int:
@@ -95,12 +135,16 @@ def parse_small_spec(spec: str) -> int:
     return int(hidden) if hidden else 128
 
 
-def trained_digits_mlp(hidden: int = 128, seed: int = 0, data: DigitsData | None = None
+def trained_digits_mlp(hidden: int = 128, seed: int = 0, data: DigitsData | None = None,
+                       generator: torch.Generator | None = None
                        ) -> tuple[nn.Sequential, DigitsData]:
-    """The built-in ``digits-mlp``: :func:`digits_mlp` trained on the training split."""
+    """The built-in ``digits-mlp``: :func:`digits_mlp` trained on the training split.
+    ``seed`` seeds the split (unless ``data`` is given), the initialisation (unless
+    ``generator`` is given: then the initial weights are drawn from it) and the batch order,
+    each from its own generator; the global RNG is left alone."""
     data = data or load_digits_split(seed=seed)
-    torch.manual_seed(seed)  # the initialisation
-    model = digits_mlp(hidden, dtype=data.x_train.dtype)
+    init = generator if generator is not None else torch.Generator().manual_seed(seed)
+    model = digits_mlp(hidden, dtype=data.x_train.dtype, generator=init)
     return train_classifier(model, data.x_train, data.y_train, seed=seed), data
 
 

