@@ -18,8 +18,8 @@ SRC = Path(prunekit.__file__).parent
 #: the root package's own ``__init__`` is named exactly (it covers nothing else).
 LAYERS: list[tuple[str, ...]] = [
     # 0: leaves: pure maths, data, evaluation and model adapters
-    ("prunekit._version", "prunekit.errors", "prunekit.patterns", "prunekit.masks",
-     "prunekit.hessian", "prunekit.obs", "prunekit.curvature", "prunekit.quant",
+    ("prunekit._version", "prunekit.errors", "prunekit.files", "prunekit.patterns",
+     "prunekit.masks", "prunekit.hessian", "prunekit.obs", "prunekit.curvature", "prunekit.quant",
      "prunekit.data", "prunekit.eval", "prunekit.models", "prunekit.analysis",
      "prunekit.analysis.kernels", "prunekit.analysis.ntk", "prunekit.analysis.masks"),
     # 1: the methods (layer-wise, whole-network, quantizers), checkpoint formats, training

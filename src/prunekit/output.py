@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from .errors import ModelError, UsageError
+from .files import chmod_files, current_umask
 from .formats.checkpoint import write_checkpoint
 from .formats.export import export_compressed_tensors
 from .models.loaders import LoadedModel
@@ -22,12 +23,6 @@ from .run import quantized_weights
 
 REPORT_FILE = "prune_report.json"
 TABLE_FILE = "prune_report.txt"
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
@@ -46,12 +41,6 @@ def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
             f"--out {str(path)!r}: {str(parent)!r} is not a writable directory: pass another --out"
         )
     return path
-
-
-def chmod_files(folder: Path) -> None:
-    for f in folder.iterdir():  # safetensors creates 0600; ordinary files
-        if f.is_file():
-            f.chmod(0o666 & ~current_umask())
 
 
 def write_output(report: PruneReport, out: Path, overwrite: bool,

@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from ..data.calibration import calibration
+from ..data.packaged import bbc_labelled
 from ..errors import DataError, ModelError
 from ..eval.protocol import prepare_evaluation
 from ..formats.checkpoint import MANIFEST, WEIGHTS, inspect_checkpoint, write_checkpoint
@@ -151,7 +152,10 @@ def _target_bytes(folder: Path, targets: set[str]) -> dict[str, Any]:
 
 def read_labelled(path: str) -> list[tuple[str, str]]:
     """(text, label) pairs of a JSONL file (one {"text": ..., "label": ...} per line) or a CSV
-    file with ``text`` and ``label`` columns."""
+    file with ``text`` and ``label`` columns; ``bbc``: the held-out BBC News articles with
+    their classes (:func:`prunekit.data.packaged.bbc_labelled`)."""
+    if path == "bbc":
+        return bbc_labelled("eval")
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"--labels {path!r}: no such file (JSONL or CSV with text and label)")

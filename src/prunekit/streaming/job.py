@@ -28,7 +28,8 @@ from ..formats.checkpoint import WEIGHTS, encode_tensor, write_manifest, write_p
 from ..methods.base import DTYPES, LayerCompressor, LayerResult
 from ..models.adapter import HFAdapter, ModelAdapter, max_positions
 from ..models.loaders import model_kind, resolve_model
-from ..output import REPORT_FILE, TABLE_FILE, chmod_files, current_umask, replace_dir
+from ..files import publish_permissions
+from ..output import REPORT_FILE, TABLE_FILE, replace_dir
 from ..pipeline import (Progress, block_outputs, capture_block_inputs, compress_block,
                         gather_statistics)
 from ..plan import Plan, check_device, layer_patterns, model_dtype
@@ -283,8 +284,7 @@ def finish_stream(model: nn.Module, job: StreamJob, report: PruneReport, tokeniz
         tokenizer.save_pretrained(final)
     write_json(report, final / REPORT_FILE)
     (final / TABLE_FILE).write_text(report_text(report) + "\n")
-    chmod_files(final)
-    final.chmod(0o777 & ~current_umask())
+    publish_permissions(final)
     if out.exists() and not overwrite:
         raise UsageError(f"output directory {str(out)!r} appeared during the run: the pruned "
                          f"model is kept in {final}; move it or pass --overwrite")
