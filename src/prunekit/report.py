@@ -112,9 +112,14 @@ def evaluation_lines(report: PruneReport) -> list[str]:
         return [f"test accuracy on {ev['n_test']} held-out samples of {ev['data']}: dense "
                 f"{ev['dense_accuracy']:.2%} -> pruned {ev['pruned_accuracy']:.2%} (loss "
                 f"{ev['dense_loss']:.4f} -> {ev['pruned_loss']:.4f})"]
+    probe = ([f"linear probe on {ev['task']} ({ev['probe_classes']} classes, "
+              f"{ev['probe_train']} training / {ev['probe_test']} test articles, first "
+              f"{ev['probe_max_length']} tokens): accuracy dense {ev['dense_probe_accuracy']:.1%} "
+              f"-> pruned {ev['probe_accuracy']:.1%}"] if "probe_accuracy" in ev else [])
     if "cosine" in ev:
         return [f"embedding fidelity on {ev['n_texts']} held-out passages: mean cosine "
-                f"{ev['cosine']:.4f}, nearest-neighbour agreement {ev['nn_agreement']:.1%}"]
+                f"{ev['cosine']:.4f}, nearest-neighbour agreement {ev['nn_agreement']:.1%}",
+                *probe]
     return [f"perplexity dense {ev['dense_ppl']:.3f} -> pruned {ev['pruned_ppl']:.3f}",
             f"protocol: {ev['protocol']}"]
 

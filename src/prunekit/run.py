@@ -19,7 +19,7 @@ from torch import nn
 from .data import load_texts
 from .data.calibration import calibration, check_seqlen
 from .errors import DataError
-from .eval.protocol import evaluation_texts, prepare_evaluation
+from .eval.protocol import check_task, evaluation_texts, prepare_evaluation, prepare_task
 from .formats.load import load_model
 from .methods.base import LayerCompressor, LayerResult, MethodConfig
 from .methods.movement_base import base_weights, load_base
@@ -125,7 +125,8 @@ def compress_model(
     model: str | LoadedModel, plan: Plan, *, calib: str = "stdlib", samples: int = 128,
     seqlen: int = 512, batch_size: int = 8, seed: int = 0, device: str = "cpu",
     skip: Sequence[str] = (), evaluate: bool = True, eval_data: str | None = None,
-    dtype: str = "float32", progress: Progress | None = None, group: Group | None = None,
+    eval_task: str | None = None, dtype: str = "float32", progress: Progress | None = None,
+    group: Group | None = None,
 ) -> tuple[LoadedModel, PruneReport]:
     """Load ``model``, calibrate on ``calib`` and compress it by ``plan``; keywords as
     :func:`prunekit.compress`. What can be checked cheaply (device, data source, then the
@@ -133,6 +134,7 @@ def compress_model(
     checked before the slow steps."""
     t0 = time.perf_counter()
     check_device(device)
+    check_task(eval_task)
     torch_dtype = model_dtype(dtype)
     calib_texts = load_texts(calib, "calib")
     eval_texts = evaluation_texts(calib, eval_data) if evaluate else None
@@ -149,8 +151,11 @@ def compress_model(
     info = calibration_info(calib, samples, seqlen, seed)
     t_data = time.perf_counter()
     evaluate = evaluate and (group is None or group.is_main)
+    task = prepare_task(loaded, eval_task, device) if evaluate and eval_task else None
     measure = (prepare_evaluation(loaded, eval_data or calib, seqlen, device, texts=eval_texts)
                if evaluate else None)
+    if task is not None:
+        measure = both(measure, task)
     if group is not None:
         info["processes"] = group.world
         batches = group.shard(batches)
@@ -162,6 +167,14 @@ def compress_model(
     report.seconds = {"load": t_load - t_texts, "calibration_data": t_data - t_load + t_texts - t0,
                       "dense_eval": t_dense - t_data, **report.seconds}
     return loaded, report
+
+
+Measure = Callable[[nn.Module], dict[str, Any]]
+
+
+def both(first: Measure, second: Measure) -> Measure:
+    """One measurement made of two: their results side by side."""
+    return lambda model: {**first(model), **second(model)}
 
 
 def calibration_info(calib: str, samples: int, seqlen: int, seed: int) -> dict[str, Any]:

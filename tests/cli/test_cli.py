@@ -145,7 +145,8 @@ def test_text_file_as_calibration(models, tmp_path, capsys):
         report = json.loads((out / output.REPORT_FILE).read_text())
         assert report["calibration"]["source"] == str(text)
         if kind == "llama":
-            assert f"protocol: data={text} split=held-out" in captured.out
+            assert (f"protocol: data={text} split=eval (10% of the file's paragraphs, by hash) "
+                    "seqlen=16 stride=16") in captured.out
         else:
             n = report["evaluation"]["n_texts"]
             assert 2 <= n < 200
@@ -164,7 +165,8 @@ def test_local_dataset_folder_as_calibration(models, tmp_path, capsys):
                "--calib", str(folder), *FAST, "--out", str(out), "--quiet"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert f"protocol: data={folder} split=held-out" in captured.out
+    assert (f"protocol: data={folder} split=the dataset's validation/test split, or 10% of its "
+            "rows by hash") in captured.out
     assert json.loads((out / output.REPORT_FILE).read_text())["layers"]
 
 

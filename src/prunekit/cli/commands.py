@@ -55,6 +55,7 @@ def cmd_prune_small(args: argparse.Namespace, settings: dict, spec: QuantSpec | 
     """prune on the built-in digits-mlp: whole-network or layer-wise methods, test accuracy."""
     given = [flag for flag, bad in (
         ("--calib", args.calib != "stdlib"), ("--eval-data", args.eval_data),
+        ("--eval-task", args.eval_task),
         ("--skip", args.skip), ("--device", args.device != "cpu"),
         ("--dtype", args.dtype != "float32"), ("--seqlen", args.seqlen is not None),
         ("--batch-size", args.batch_size is not None), ("--format hf", args.fmt == "hf"),
@@ -145,7 +146,8 @@ def _run(args: argparse.Namespace, plan, desc: str, compress, what: str) -> int:
     out = check_output(args.out, args.overwrite) if args.out else None
     with from_environment(args.device) as group:
         loaded, report = compress(args.model, plan, evaluate=not args.no_eval,
-                                  eval_data=args.eval_data, progress=_progress(desc, group),
+                                  eval_data=args.eval_data, eval_task=args.eval_task,
+                                  progress=_progress(desc, group),
                                   **_run_kwargs(args, group))
     if group is not None and not group.is_main:
         return 0
@@ -168,8 +170,9 @@ def _run_stream(args: argparse.Namespace, plan, desc: str) -> int:
     """prune/quantize --stream: block by block from the checkpoint to --out."""
     if not args.out:
         raise UsageError("--stream writes each block as it is done: pass --out DIR")
-    if args.eval_data or getattr(args, "base", None):  # quantize has no --base
-        raise UsageError(f"{'--eval-data' if args.eval_data else '--base'} does not apply with "
+    if args.eval_data or args.eval_task or getattr(args, "base", None):  # quantize: no --base
+        flag = "--eval-data" if args.eval_data else "--eval-task" if args.eval_task else "--base"
+        raise UsageError(f"{flag} does not apply with "
                          "--stream: the streamed model is never whole in memory")
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # the user's own setting wins
         return_freed_memory()

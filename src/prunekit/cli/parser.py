@@ -264,6 +264,10 @@ def _add_evaluation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-data", metavar="SOURCE",
                    help="held-out text for the evaluation, like --calib (default: the held-out "
                         "part of --calib; needed when --calib names a split, NAME@SPLIT)")
+    p.add_argument("--eval-task", choices=("bbc",), dest="eval_task",
+                   help="encoders: also the accuracy of a linear probe (logistic regression) "
+                        "on the frozen embeddings of a labelled task, dense and compressed: "
+                        "'bbc', the BBC News classes (fixed split by article)")
     p.add_argument("--quiet", action="store_true", help="no per-layer table")
 
 

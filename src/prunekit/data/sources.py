@@ -114,6 +114,21 @@ def explicit_split(source: str) -> str | None:
     return parse_dataset_spec(source)[2]
 
 
+def held_out_description(source: str) -> str:
+    """What the ``"eval"`` part of ``source`` is, for a printed protocol."""
+    named = explicit_split(source)
+    if named is not None:
+        return f"{named} (the named split, whole)"
+    if source == "stdlib":
+        return "eval (10% of the corpus's documents, by hash)"
+    if source in PACKAGED:
+        return "eval (10% of the articles, by hash of the text)"
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() not in DATA_FILE_BUILDERS:
+        return "eval (10% of the file's paragraphs, by hash)"
+    return "the dataset's validation/test split, or 10% of its rows by hash"
+
+
 def parse_dataset_spec(spec: str) -> tuple[str, str | None, str | None]:
     """Parse ``NAME[:CONFIG][@SPLIT]`` into ``(name, config, split)``; absent parts are None.
 

@@ -13,10 +13,13 @@ import torch
 from torch import nn
 
 from ..data import eval_sentences, eval_windows, explicit_split, load_texts
-from ..errors import DataError
+from ..data.packaged import bbc_labelled
+from ..data.sources import held_out_description
+from ..errors import DataError, UsageError
 from ..models.loaders import LoadedModel
 from .fidelity import embedding_fidelity, sentence_embeddings
 from .perplexity import PerplexityProtocol, perplexity
+from .probe import probe_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +97,48 @@ def prepare_evaluation(
             return perplexity(model, windows, device)
 
     dense_ppl, n_tok = ppl_of(loaded.model)
-    split = explicit_split(source) or "held-out (validation/test split, or a 10% hash split)"
-    protocol = PerplexityProtocol(source, split, seqlen, seqlen, len(windows), n_tok)
+    protocol = PerplexityProtocol(source, held_out_description(source), seqlen, seqlen,
+                                  len(windows), n_tok)
 
     def ppl(pruned: nn.Module) -> dict[str, Any]:
         return {"dense_ppl": dense_ppl, "pruned_ppl": ppl_of(pruned)[0], "protocol": str(protocol)}
 
     return ppl
+
+
+#: Labelled tasks for ``eval_task``: {name: (training, test) examples}.
+TASKS = {"bbc": lambda: (bbc_labelled("calib"), bbc_labelled("eval"))}
+
+
+def check_task(task: str | None) -> None:
+    """Raise :class:`UsageError` for an ``eval_task`` that is not a known task."""
+    if task is not None and task not in TASKS:
+        raise UsageError(f"--eval-task {task!r}: use one of {', '.join(TASKS)}")
+
+
+def prepare_task(loaded: LoadedModel, task: str, device: str | torch.device,
+                 max_length: int = 128) -> Callable[[nn.Module], dict[str, Any]]:
+    """Probe the dense encoder now on ``task`` (a linear probe on its frozen mean-pooled
+    embeddings, :mod:`prunekit.eval.probe`); return a function that probes a pruned one."""
+    if loaded.kind != "encoder":
+        raise UsageError(f"--eval-task {task} probes an encoder's sentence embeddings; "
+                         f"{loaded.source!r} is a causal LM, judged by perplexity")
+    train, test = TASKS[task]()
+    names = sorted({label for _, label in train + test})
+    y_train = torch.tensor([names.index(label) for _, label in train])
+    y_test = torch.tensor([names.index(label) for _, label in test])
+
+    def accuracy(model: nn.Module) -> float:
+        with on_device(model, device):
+            x = sentence_embeddings(model, loaded.tokenizer, [t for t, _ in train + test],
+                                    max_length=max_length, device=device)
+        return probe_accuracy(x[:len(train)], y_train, x[len(train):], y_test, len(names))
+
+    dense = accuracy(loaded.model)
+
+    def probe(pruned: nn.Module) -> dict[str, Any]:
+        return {"task": task, "dense_probe_accuracy": dense, "probe_accuracy": accuracy(pruned),
+                "probe_train": len(train), "probe_test": len(test), "probe_classes": len(names),
+                "probe_max_length": max_length}
+
+    return probe

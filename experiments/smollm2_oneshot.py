@@ -1,0 +1,214 @@
+"""One-shot pruning of a real language model: SmolLM2-135M-Instruct (the built-in ``smollm2``)
+pruned by magnitude, Wanda and SparseGPT at 50 / 60 / 70 %, 2:4 and 4:8, and SparseGPT 50 % and
+2:4 with int4 (groups of 64; joint), judged by perplexity on two held-out sources; beside each row, the same
+recipe run by llm-compressor on the very same calibration windows.
+
+    python experiments/smollm2_oneshot.py [--rows ROW,ROW|all] [--samples 128] [--seqlen 512]
+        [--eval-windows 32] [--llmcompressor VENV] [--work DIR] [--out docs/experiments]
+
+Protocol: ``--samples`` windows of ``--seqlen`` tokens drawn (seed 0) from the calibration
+split of ``wiki`` (Wikipedia lead summaries) calibrate every run, in float32 on the CPU.
+Perplexity is measured on the first ``--eval-windows`` disjoint windows of ``--seqlen`` tokens
+(stride = seqlen) of two held-out streams: the ``wiki`` evaluation split (articles never used
+for calibration) and the stdlib corpus's evaluation split (another kind of English: the Python
+documentation). Each row starts from the same dense model; magnitude ranks per layer (as in the
+SparseGPT paper and llm-compressor), Wanda per output row, SparseGPT per block of columns. With
+``--llmcompressor VENV`` the same recipe is run by llm-compressor's ``oneshot`` on the same
+token windows (``benchmarks/llmcompressor_oneshot.py``, which creates that virtual environment
+the first time); its pruned weights are loaded into the dense model and measured by the same
+perplexity code. Rows already in the JSON are kept (resume), so the
+table can be filled over several runs; ``--rows`` picks rows. SmolLM2's linear weights were
+shipped 4-bit (Q4_1), so int4 rows on it are optimistic.
+
+Writes docs/experiments/smollm2_oneshot.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from prunekit.data import eval_windows, load_texts
+from prunekit.data.calibration import calibration
+from prunekit.eval.perplexity import perplexity
+from prunekit.formats.load import load_model
+from prunekit.models.adapter import max_positions
+from prunekit.models.loaders import resolve_model
+from prunekit.patterns import NM, Unstructured
+from prunekit.plan import make_plan
+from prunekit.quant import QuantSpec
+from prunekit.run import calibration_info, copy_model, run_one
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rows() -> dict[str, tuple[str | None, object, dict]]:
+    """{row: (method, pattern, settings)}, in the table's order."""
+    out: dict[str, tuple[str | None, object, dict]] = {"dense": (None, None, {})}
+    for p in ("0.5", "0.6", "0.7", "2:4", "4:8"):
+        for m in ("magnitude", "wanda", "sparsegpt"):
+            # magnitude per layer, as in the SparseGPT paper and llm-compressor
+            pattern = (NM(*map(int, p.split(":"))) if ":" in p
+                       else Unstructured(float(p), "layer") if m == "magnitude" else float(p))
+            out[f"{m}-{p}"] = (m, pattern, {})
+    # groups of 64: SmolLM2's 576 input columns are not a multiple of 128, which llm-compressor
+    # refuses ("columns % group_size == 0")
+    out["sparsegpt-0.5+int4"] = ("sparsegpt", 0.5, {"quant": QuantSpec(4, 64)})
+    out["sparsegpt-2:4+int4"] = ("sparsegpt", NM(2, 4), {"quant": QuantSpec(4, 64)})
+    return out
+
+
+def ppl(model, windows: dict[str, list]) -> dict[str, float]:
+    return {name: round(perplexity(model, w, "cpu")[0], 4) for name, w in windows.items()}
+
+
+def targets(model) -> dict[str, torch.Tensor]:
+    return {n: m.weight.detach().clone() for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and ".layers." in n}
+
+
+def run_llmcompressor(venv: str, folder: str, calib: Path, row: str, spec, work: Path) -> dict:
+    method, pattern, settings = spec
+    out = work / f"llmc-{row.replace(':', '_').replace('+', '_')}.safetensors"
+    text = str(pattern) if isinstance(pattern, NM) else str(getattr(pattern, "sparsity", pattern))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "llmcompressor_oneshot.py"), "--venv", venv,
+           "--model", folder, "--calib", str(calib), "--method", method, "--pattern", text,
+           "--out", str(out)]
+    if settings.get("quant") is not None:
+        cmd += ["--bits", "4", "--group", str(settings["quant"].group)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"llm-compressor failed on {row}:\n{proc.stderr[-3000:]}")
+    return {"weights": out, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def table(record: dict) -> str:
+    head = ("| row | method | pattern | int4 | ppl wiki | ppl stdlib | prune s | llm-compressor "
+            "ppl wiki | llm-compressor ppl stdlib | llm-compressor s |\n" + "|---" * 10 + "|\n")
+    lines = []
+    for row in rows():
+        r = record["rows"].get(row)
+        if r is None:
+            continue
+        lc = r.get("llmcompressor") or {}
+        na = "n/a" if "unavailable" in lc else None
+
+        def f(x, fmt="{:.2f}", missing="–"):
+            return missing if x is None else fmt.format(x)
+
+        lines.append(f"| {row} | {r['method'] or 'dense'} | {r['pattern'] or '–'} | "
+                     f"{'yes' if r['int4'] else ''} | {f(r['ppl']['wiki'])} | "
+                     f"{f(r['ppl']['stdlib'])} | {f(r['seconds'], '{:.0f}')} | "
+                     f"{f(lc.get('ppl', {}).get('wiki'), missing=na or '–')} | "
+                     f"{f(lc.get('ppl', {}).get('stdlib'), missing=na or '–')} | "
+                     f"{f(lc.get('seconds'), '{:.0f}', missing=na or '–')} |")
+    p = record["protocol"]
+    return (f"# SmolLM2-135M-Instruct, one-shot pruning\n\nGenerated by "
+            f"`experiments/smollm2_oneshot.py` from [smollm2_oneshot.json](smollm2_oneshot.json)."
+            f" Calibration: {p['calibration']}. Perplexity: {p['perplexity']}. {p['machine']}. "
+            "SmolLM2's linear weights were shipped 4-bit (Q4_1): int4 rows are optimistic. "
+            "Rows run one at a time; `–`: not measured yet; `n/a`: llm-compressor has no "
+            "one-shot magnitude pruning (its MagnitudePruningModifier is a training schedule "
+            "and leaves the weights dense under `oneshot`).\n\n" + head + "\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", default="all", help="comma-separated row names, or 'all'")
+    ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--eval-windows", type=int, default=32)
+    ap.add_argument("--llmcompressor", metavar="VENV",
+                    help="also run llm-compressor, in this virtual environment (created by "
+                         "benchmarks/llmcompressor_oneshot.py if missing)")
+    ap.add_argument("--work", default="/tmp/prunekit-smollm2", help="scratch folder")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "experiments"))
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "smollm2_oneshot.json"
+    record = json.loads(json_path.read_text()) if json_path.exists() else {"rows": {}}
+    wanted = list(rows()) if args.rows == "all" else args.rows.split(",")
+    unknown = sorted(set(wanted) - set(rows()))
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}: choose from {', '.join(rows())}")
+
+    folder, _ = resolve_model("smollm2")
+    dense = load_model("smollm2")
+    tok = dense.tokenizer
+    batches = calibration(tok, "wiki", args.samples, args.seqlen, batch_size=8, seed=0,
+                          max_positions=max_positions(dense.model))
+    calib_file = work / "calib.safetensors"
+    save_file({"input_ids": torch.cat([b["input_ids"] for b in batches]).contiguous()},
+              str(calib_file))
+    windows = {src: eval_windows(tok, load_texts(src, "eval"), args.seqlen, args.seqlen,
+                                 max_windows=args.eval_windows) for src in ("wiki", "stdlib")}
+    scored = {src: int(sum(int((w["labels"][:, 1:] != -100).sum()) for w in ws))
+              for src, ws in windows.items()}
+    protocol = {
+        "calibration": f"{args.samples} x {args.seqlen} tokens of wiki (calibration split, "
+                       "seed 0)",
+        "perplexity": "; ".join(f"{src} evaluation split, first {len(ws)} disjoint windows of "
+                                f"{args.seqlen} tokens (stride {args.seqlen}), {scored[src]} "
+                                "tokens scored" for src, ws in windows.items()),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch "
+                   f"{torch.__version__}, CPU, float32",
+        "command": " ".join(["python", "experiments/smollm2_oneshot.py", *sys.argv[1:]]),
+    }
+    if record.get("protocol", {}).get("calibration") not in (None, protocol["calibration"]) or \
+            record.get("protocol", {}).get("perplexity") not in (None, protocol["perplexity"]):
+        raise SystemExit(f"{json_path} holds rows of another protocol ({record['protocol']}): "
+                         "rerun with the same --samples/--seqlen/--eval-windows, or another --out")
+    record["protocol"] = protocol
+    info = calibration_info("wiki", args.samples, args.seqlen, 0)
+    for row in wanted:
+        method, pattern, settings = rows()[row]
+        r = record["rows"].get(row)
+        if r is None:
+            if method is None:
+                r = {"method": None, "pattern": None, "int4": False, "seconds": None,
+                     "ppl": ppl(dense.model, windows)}
+            else:
+                plan = make_plan(method, pattern, settings, kind="prune")
+                loaded = copy_model(dense)
+                report = run_one(loaded, plan, batches, calibration_info=info)
+                r = {"method": method, "pattern": str(plan.pattern),
+                     "int4": settings.get("quant") is not None,
+                     "seconds": round(report.seconds["prune"], 1),
+                     "sparsity": round(report.target_sparsity, 4),
+                     "ppl": ppl(loaded.model, windows)}
+                del loaded
+            record["rows"][row] = r
+        if args.llmcompressor and method == "magnitude" and "llmcompressor" not in r:
+            r["llmcompressor"] = {"unavailable": "no one-shot magnitude pruning in "
+                                  "llm-compressor (benchmarks/llmcompressor_oneshot.py)"}
+        if args.llmcompressor and method is not None and "llmcompressor" not in r:
+            lc = run_llmcompressor(args.llmcompressor, folder, calib_file, row,
+                                   (method, pattern, settings), work)
+            loaded = copy_model(dense)
+            weights = load_file(str(lc.pop("weights")))
+            modules = dict(loaded.model.named_modules())
+            with torch.no_grad():
+                for name, w in weights.items():
+                    modules[name].weight.copy_(w)
+            r["llmcompressor"] = {**lc, "ppl": ppl(loaded.model, windows)}
+            del loaded
+        json_path.write_text(json.dumps(record, indent=1) + "\n")
+        (out / "smollm2_oneshot.md").write_text(table(record))
+        print(f"{row}: {r}", flush=True)
+
+
+if __name__ == "__main__":
+    t0 = time.time()
+    main()
+    print(f"done in {time.time() - t0:.0f} s")
