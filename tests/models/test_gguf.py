@@ -192,6 +192,11 @@ def test_smollm2_resolves_through_the_cache_and_prunes(tiny_gguf, tmp_path, monk
                  "4", "--seqlen", "16", "--batch-size", "2", "--quiet", "--out", str(out)]) == 0
     back = prunekit.load(out).model.state_dict()
     assert float((back["model.layers.0.mlp.up_proj.weight"] == 0).double().mean()) == 0.5
+    assert main(["prune", "smollm2", "--method", "sparsegpt", "--sparsity", "0.5", "--samples",
+                 "4", "--seqlen", "16", "--batch-size", "2", "--quiet", "--stream", "--out",
+                 str(tmp_path / "streamed")]) == 0
+    streamed = prunekit.load(tmp_path / "streamed").model.state_dict()
+    assert all(torch.equal(streamed[k], back[k]) for k in back)  # streaming: bit for bit
 
 
 def test_missing_packages_give_the_install_commands(monkeypatch):
