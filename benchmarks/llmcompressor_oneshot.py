@@ -52,9 +52,11 @@ def recipe(method: str, pattern: str, bits: int | None, group: int):
     from llmcompressor.modifiers.pruning import WandaPruningModifier
     from llmcompressor.modifiers.obcq import SparseGPTModifier
 
-    nm = ":" in pattern
-    sparsity = (lambda n, m: 1 - n / m)(*map(int, pattern.split(":"))) if nm else float(pattern)
-    structure = pattern if nm else "0:0"
+    if ":" in pattern:  # N:M keeps N of every M
+        n, m = map(int, pattern.split(":"))
+        sparsity, structure = 1 - n / m, pattern
+    else:
+        sparsity, structure = float(pattern), "0:0"
     targets, ignore = ["Linear"], ["re:.*lm_head"]
     if method == "sparsegpt":
         mods = [SparseGPTModifier(sparsity=sparsity, mask_structure=structure, block_size=128,

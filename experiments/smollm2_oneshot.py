@@ -70,11 +70,6 @@ def ppl(model, windows: dict[str, list]) -> dict[str, float]:
     return {name: round(perplexity(model, w, "cpu")[0], 4) for name, w in windows.items()}
 
 
-def targets(model) -> dict[str, torch.Tensor]:
-    return {n: m.weight.detach().clone() for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and ".layers." in n}
-
-
 def run_llmcompressor(venv: str, folder: str, calib: Path, row: str, spec, work: Path) -> dict:
     method, pattern, settings = spec
     out = work / f"llmc-{row.replace(':', '_').replace('+', '_')}.safetensors"
@@ -134,7 +129,6 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/prunekit-smollm2", help="scratch folder")
     ap.add_argument("--out", default=str(ROOT / "docs" / "experiments"))
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
