@@ -8,14 +8,16 @@ Run with prunekit's own interpreter, it creates ``--venv`` the first time (torch
 from constraints.txt, then llmcompressor 0.14.0.1 with its dependencies: the project never
 depends on it) and runs itself inside it. There it loads the model in float32, feeds
 llm-compressor's ``oneshot`` exactly the token windows of ``--calib`` (``input_ids`` of shape
-samples x seqlen, not shuffled, no padding), and writes the pruned weights of every Linear
+samples x seqlen, not shuffled, no padding, ``--batch-size`` at a time), and writes the pruned weights of every Linear
 inside the blocks to ``--out``. The last line of stdout is JSON: the seconds ``oneshot`` took,
 the sparsity reached and the versions.
 
 Recipes: sparsegpt -> ``SparseGPTModifier(sparsity, mask_structure, block_size=128,
 dampening_frac=0.01)``; wanda -> ``WandaPruningModifier(sparsity, mask_structure)``; magnitude: none (see ``MAGNITUDE``);
-``--bits 4`` adds ``GPTQModifier`` W4A16 (symmetric int4, groups of 128) after the pruning
-(llm-compressor has no joint pruning + quantization sweep). ``lm_head`` is never touched.
+``--bits 4`` adds ``GPTQModifier`` W4A16 (symmetric int4, groups of ``--group``) after the
+pruning (llm-compressor has no joint pruning + quantization sweep, and its GPTQ updates do not
+keep the pruning mask: the sparsity printed shows how much of it is left). ``lm_head`` is never
+touched.
 """
 
 from __future__ import annotations
@@ -101,18 +103,22 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     oneshot(model=model, tokenizer=tokenizer, dataset=data, recipe=mods,
             num_calibration_samples=ids.shape[0], max_seq_length=ids.shape[1],
-            shuffle_calibration_samples=False, batch_size=1)
+            shuffle_calibration_samples=False, batch_size=args.batch_size)
     seconds = time.perf_counter() - t0
     weights = {}
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and ".layers." in name:
-            weights[name] = module.weight.detach().float().contiguous()
+            # .cpu(): on a GPU, llm-compressor's offloading hands back the weight onloaded
+            weights[name] = module.weight.detach().float().cpu().contiguous()
     save_file(weights, args.out)
     zeros = sum(int((w == 0).sum()) for w in weights.values())
     total = sum(w.numel() for w in weights.values())
     print(json.dumps({"seconds": round(seconds, 1), "sparsity": round(zeros / total, 4),
+                      "batch_size": args.batch_size,
                       "llmcompressor": llmcompressor.__version__,
-                      "torch": torch.__version__}))
+                      "torch": torch.__version__,
+                      "device": torch.cuda.get_device_name() if torch.cuda.is_available()
+                      else "cpu"}))
 
 
 def main() -> None:
@@ -124,6 +130,8 @@ def main() -> None:
     ap.add_argument("--pattern", required=True, help="a sparsity such as 0.5, or N:M")
     ap.add_argument("--bits", type=int)
     ap.add_argument("--group", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=8,
+                    help="windows per forward pass (prunekit's calibration batches hold 8)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     try:

@@ -214,3 +214,24 @@ def test_pareto_on_a_sequence_classifier_with_a_labelled_set(tmp_path, capsys):
     rc = main(["pareto", str(folder), "--labels", str(bad), "--grid", str(grid),
                "--out", str(tmp_path / "o2")])
     assert rc == 2 and "'text' and 'label'" in capsys.readouterr().err
+
+
+def test_pareto_counts_tied_embeddings_once(tmp_path):
+    """The dense fp16 size counts each stored float once: GPT-2's output layer shares the
+    input embedding, and the checkpoint stores that tensor once."""
+    from safetensors.torch import load_file
+
+    from conftest import bpe_tokenizer as _bpe_tokenizer
+    from conftest import tiny_model
+
+    model = tiny_model("gpt2")
+    assert model.lm_head.weight is model.transformer.wte.weight
+    loaded = LoadedModel(model=model, tokenizer=_bpe_tokenizer(), source="tiny-gpt2",
+                         kind="causal")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("points:\n  - {name: dense-fp16, dtype: float16}\n")
+    result = api.pareto(loaded, tmp_path / "out", str(grid), samples=4, seqlen=16, batch_size=2)
+    stored = load_file(tmp_path / "out" / "points" / "dense-fp16" / "prunekit.safetensors")
+    values = sum(t.numel() for t in stored.values() if t.is_floating_point())
+    assert result["dense_fp16_bytes"] == 2 * values
+    assert result["points"][0]["ratio_fp16"] < 1  # the file is the fp16 tensors and a manifest

@@ -63,6 +63,14 @@ def _checkpoint_bytes(folder: Path) -> int:
     return sum((folder / f).stat().st_size for f in (WEIGHTS, MANIFEST))
 
 
+def float_values(model: nn.Module) -> int:
+    """The float values a checkpoint of ``model`` stores: a tensor shared by several names
+    (tied input and output embeddings) counts once, as it is stored once."""
+    tensors = {(t.data_ptr(), t.numel()): t.numel() for t in model.state_dict().values()
+               if t.is_floating_point()}
+    return sum(tensors.values())
+
+
 def recipe_plan(recipe: Recipe) -> Plan | None:
     """The plan a grid recipe runs: a pruning method (quantizing the kept weights with
     ``bits``), a quantizer alone, or nothing (None: a dense point)."""
@@ -111,7 +119,9 @@ def sweep(model: str | LoadedModel, out: Path, recipes: list[Recipe], *,
     for i, recipe in enumerate(recipes):
         folder = out / "points" / recipe.name
         if (folder / POINT_FILE).is_file():
-            points.append(json.loads((folder / POINT_FILE).read_text()))
+            point = json.loads((folder / POINT_FILE).read_text())
+            point["ratio_fp16"] = 2 * setup.numel / point["bytes"]  # as this version counts
+            points.append(point)
             continue
         if progress is not None:
             progress(recipe.name, i, len(recipes))
@@ -194,14 +204,13 @@ def _transformer_points(model: str | LoadedModel, calib: str, samples: int, seql
                           max_positions(loaded.model))
     info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
             **({} if examples is None else {"labelled": len(examples)})}
-    numel = sum(t.numel() for t in loaded.model.state_dict().values() if t.is_floating_point())
-
     def run(recipe: Recipe) -> tuple[nn.Module, list[LayerResult], dict[str, Any]]:
         work, report, evaluation = _run_recipe(loaded, recipe, batches, info, measure)
         return work.model, (report.layers if report else []), {**evaluation, **extra}
 
     targets = {f"{n}.weight" for n in HFAdapter().all_targets(loaded.model)}
-    return Setup(run, quality, higher, loaded.source, info, numel, None, targets)
+    return Setup(run, quality, higher, loaded.source, info, float_values(loaded.model), None,
+                 targets)
 
 
 def _load_sequence_classifier(model: str) -> LoadedModel:
@@ -254,9 +263,8 @@ def _classifier_points(spec: str, samples: int, seed: int) -> Setup:
         return work, results, {**classifier_metrics(evaluated, data.x_test, data.y_test),
                                "dense_accuracy": dense["accuracy"]}
 
-    numel = sum(t.numel() for t in net.state_dict().values() if t.is_floating_point())
     targets = {f"{n}.weight" for n in linear_targets(net)}
-    return Setup(run, "accuracy", True, spec, info, numel, spec, targets)
+    return Setup(run, "accuracy", True, spec, info, float_values(net), spec, targets)
 
 
 def summarize_points(points: list[dict], quality: str, higher: bool, source: str,
