@@ -111,6 +111,8 @@ def from_environment(device: str | torch.device) -> Iterator[Group | None]:
     log.info("rank %d of %d (%s) on %s", group.rank, group.world, group.backend, device)
     try:
         yield group
+        if owned:  # leave together: no rank tears the group down while another still works
+            dist.barrier()
     finally:
         if owned:
             dist.destroy_process_group()

@@ -305,6 +305,13 @@ def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
+def _failure(proc: subprocess.CompletedProcess) -> str:
+    """What a failed torchrun said: the ranks' own messages come first in its stderr, the
+    launcher's summary last, so show both ends."""
+    err = proc.stderr
+    return err if len(err) <= 8000 else f"{err[:5000]}\n[...]\n{err[-3000:]}"
+
+
 def _assert_same_pruning(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> None:
     assert set(one) == set(two)
     for k in one:
@@ -324,7 +331,7 @@ def test_two_gloo_processes_equal_one(tmp_path, llama):
     common = ["--sparsity", "0.5", "--samples", "8", "--seqlen", "16", "--batch-size", "2",
               "--hessian-dtype", "float64"]
     proc = _torchrun(["prune", str(llama), *common, "--quiet", "--out", str(tmp_path / "two")])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, _failure(proc)
     assert proc.stdout.count("saved to") == 1  # rank 0 alone prints and writes
     _assert_same_pruning(one, _state(tmp_path / "two"))
     reported = json.loads((tmp_path / "two" / output.REPORT_FILE).read_text())
@@ -339,7 +346,7 @@ def test_two_gloo_processes_equal_one(tmp_path, llama):
 
     proc = _torchrun(["prune", str(llama), *common, "--stream", "--quiet",
                       "--out", str(tmp_path / "two-stream")])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, _failure(proc)
     _assert_same_pruning(one, _state(tmp_path / "two-stream"))
 
 

@@ -57,6 +57,22 @@ def test_constant_and_one_shot_schedules():
     assert [t for t in range(10) if o.updates(t)] == [4] and o.sparsity(3) == 0 and o.final == 0.7
 
 
+def test_cubic_phases_warm_up_ramp_cool_down():
+    """Sanh et al.'s three phases over 100 steps: 10 dense, the cubic ramp over [10, 70],
+    30 at the final sparsity."""
+    s = Cubic.phases(0.9, steps=100, warmup=10, cooldown=30, frequency=1)
+    assert (s.start, s.end) == (10, 70)
+    assert [s.sparsity(t) for t in (0, 5, 10)] == [0.0, 0.0, 0.0]  # warm-up: dense
+    assert s.sparsity(40) == pytest.approx(0.9 * (1 - 0.5**3))  # halfway up the ramp
+    assert all(s.sparsity(t) < s.sparsity(t + 1) for t in range(10, 70))
+    assert [s.sparsity(t) for t in (70, 85, 100)] == [0.9, 0.9, 0.9]  # cool-down: constant
+    assert [t for t in range(101) if s.updates(t)] == list(range(10, 71))
+    with pytest.raises(UsageError, match="leave some"):
+        Cubic.phases(0.9, steps=100, warmup=60, cooldown=40)
+    with pytest.raises(UsageError, match=">= 0"):
+        Cubic.phases(0.9, steps=100, warmup=-1, cooldown=10)
+
+
 @pytest.mark.parametrize("bad", [dict(final_sparsity=1.0), dict(start=5, end=5),
                                  dict(frequency=0), dict(initial=-0.1)])
 def test_schedule_validation(bad):
@@ -232,8 +248,133 @@ def test_soft_movement_lambda_schedule_errors():
                   SoftMovement(lam=2e-2, lam_schedule=Cubic(0.0, 0.9, 2, 10, 1)),
                   SoftMovement(lam=1e-2, lam_schedule=Cubic(0.0, 0.9, 3, 10, 1))):
         other.prepare(mlp())
-        with pytest.raises(UsageError, match="same lam and lam_schedule"):
+        with pytest.raises(UsageError, match="same lam, lam_schedule"):
             other.load_state_dict(state)
+
+
+def test_soft_movement_threshold_ramp_and_mean_penalty():
+    """τ ramped from 0 as in the paper's code: scores start at 0 (σ = 0.5 > τ_t), so nothing is
+    pruned before the ramp; λ_t = λ·τ_t/τ_f with the same schedule; ``penalty="mean"`` is λ_t
+    times the mean over layers of each layer's mean σ(S)."""
+    ramp = Cubic(0.0, 0.1, start=5, end=15, frequency=1)
+    model = mlp(8)
+    sp = SoftMovement(lam=50.0, threshold=ramp, init=0.0, score_lr=0.1, lam_schedule=ramp,
+                      penalty="mean")
+    sp.prepare(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for t in range(30):
+        assert sp.current_threshold() == pytest.approx(ramp.sparsity(t))
+        S = [x.detach() for x in scores_of(sp)]
+        by_hand = sp.current_lambda() * sum(float(torch.sigmoid(x).mean()) for x in S) / len(S)
+        assert float(sp.penalty().detach()) == pytest.approx(by_hand)
+        train_steps(model, sp, opt, 1, penalty=True)
+        if t < 5:  # τ = 0: every σ(S) > 0
+            assert sp.sparsity() == 0.0
+    assert sp.current_lambda() == 50.0 and sp.current_threshold() == pytest.approx(0.1)
+    assert sp.sparsity() > 0.3  # the penalty at full strength pushed scores under logit(0.1)
+    with pytest.raises(UsageError, match="'sum' or 'mean'"):
+        SoftMovement(lam=1.0, penalty="l1")
+    with pytest.raises(UsageError, match="in \\(0, 1\\)"):
+        SoftMovement(lam=1.0, threshold=Constant(0.0))
+
+
+def test_hard_movement_scores_follow_the_learning_rate():
+    """lr_factor scales the score step: at 0 the scores stand still; score_lr 0.01 at factor
+    0.5 trains exactly as score_lr 0.005 at factor 1."""
+    def run(score_lr, factors):
+        model = mlp(9)
+        sp = HardMovement(Cubic(0.0, 0.5, 3, 8, 1), score_lr=score_lr)
+        sp.prepare(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for f in factors:
+            sp.lr_factor = f
+            train_steps(model, sp, opt, 1)
+        return sp
+    frozen = run(0.01, [0.0, 0.0])
+    assert all(bool((S.detach() == 0).all()) for S in scores_of(frozen))
+    a, b = run(0.01, [0.5] * 10), run(0.005, [1.0] * 10)
+    assert all(torch.equal(x.detach(), y.detach()) for x, y in zip(scores_of(a), scores_of(b)))
+    assert all(torch.equal(a.masks()[n], b.masks()[n]) for n in a.layers)
+    assert a.sparsity() == pytest.approx(0.5, abs=TOL["sparsity_rounding"])
+
+
+def test_distillation_loss_by_hand():
+    import math
+
+    from prunekit.training import distillation_loss, distilled
+
+    s, t, T = [1.0, 0.0, -1.0], [0.0, 2.0, 0.5], 2.0
+
+    def softmax(v):
+        e = [math.exp(x / T) for x in v]
+        return [x / sum(e) for x in e]
+
+    ps, pt = softmax(s), softmax(t)
+    kl = sum(b * (math.log(b) - math.log(a)) for a, b in zip(ps, pt))
+    row = torch.tensor([s]), torch.tensor([t])
+    assert float(distillation_loss(*row, T)) == pytest.approx(T * T * kl, rel=TOL["float32_of_float64"])
+    # rows average; a second row identical to its teacher adds 0
+    two = torch.tensor([s, t]), torch.tensor([t, t])
+    assert float(distillation_loss(*two, T)) == pytest.approx(T * T * kl / 2, rel=TOL["float32_of_float64"])
+    # token logits (batch, seq, vocab) are rows too
+    assert float(distillation_loss(two[0][None], two[1][None], T)) == pytest.approx(
+        T * T * kl / 2, rel=TOL["float32_of_float64"])
+    task = torch.tensor(0.7)
+    assert float(distilled(task, *row, alpha=0.25, temperature=T)) == pytest.approx(
+        0.75 * 0.7 + 0.25 * T * T * kl, rel=TOL["float32_of_float64"])
+    with pytest.raises(UsageError, match="differ"):
+        distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(UsageError, match="temperature"):
+        distillation_loss(*row, 0.0)
+    with pytest.raises(UsageError, match="alpha"):
+        distilled(task, *row, alpha=1.5)
+
+
+def clusters(n=512, seed=0):
+    """Four Gaussian clusters in 8 dimensions: a task a 90 %-sparse MLP can still solve."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(4, 8, generator=torch.Generator().manual_seed(100)) * 2
+    y = torch.randint(0, 4, (n,), generator=g)
+    return centres[y] + torch.randn(n, 8, generator=g), y
+
+
+def test_hard_movement_reaches_90_percent_without_collapsing():
+    """Fine-tune a dense MLP, then hard movement with the paper's phases (dense warm-up, cubic
+    ramp with masks every step, cool-down) and the scores following a warm-up-and-decay
+    learning rate: 90 % sparse and every class still predicted, most of them right."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))
+    x, y = clusters()
+    xt, yt = clusters(256, seed=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(100):  # the dense fine-tuned model
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    dense = float((model(xt).argmax(-1) == yt).float().mean())
+    steps = 400
+    sp = HardMovement(Cubic.phases(0.9, steps, warmup=40, cooldown=120), score_lr=0.01)
+    sp.prepare(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    peak = 1e-2
+    for t in range(steps):
+        lr = peak * min(1.0, (t + 1) / 40) * (1 - t / steps) / (1 - min(t, 40) / steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        sp.lr_factor = lr / peak
+        g = torch.Generator().manual_seed(t)
+        idx = torch.randint(0, len(y), (64,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+        sp.step()
+    assert sp.sparsity() == pytest.approx(0.9, abs=TOL["sparsity_rounding"])
+    sp.squash()
+    with torch.no_grad():
+        pred = model(xt).argmax(-1)
+    assert set(pred.tolist()) == {0, 1, 2, 3}  # not one class
+    accuracy = float((pred == yt).float().mean())
+    assert dense > 0.9 and accuracy > dense - 0.1, (dense, accuracy)
 
 
 # --- N:M --------------------------------------------------------------------------------------
@@ -435,3 +576,90 @@ def test_trainer_callback_prunes_a_tiny_bert(tmp_path, kind):
         assert float(S.mean()) < 0.7
     sp.squash()
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
+
+
+def _tiny_bert_and_rows(seed=0):
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    cfg = tf.BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, vocab_size=128, max_position_embeddings=64,
+                        num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    g = torch.Generator().manual_seed(seed)
+    rows = [{"input_ids": torch.randint(0, 128, (16,), generator=g),
+             "labels": int(torch.randint(0, 3, (1,), generator=g))} for _ in range(32)]
+    return tf.BertForSequenceClassification(cfg), rows
+
+
+def _args(tmp_path, **kw):
+    import transformers as tf
+
+    return tf.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8,
+                                report_to=[], save_strategy="no", use_cpu=True,
+                                logging_strategy="no", disable_tqdm=True, **kw)
+
+
+def test_trainer_scores_follow_the_warm_up_and_decay(tmp_path):
+    """Under the Trainer the movement scores' step is score_lr times the weights' current
+    learning rate over its peak: the linear warm-up over 4 steps (0 at the first step, as
+    transformers schedules it), then the linear decay to 0 at step 10."""
+    import transformers as tf
+
+    from prunekit.training.hf import SparsifierCallback
+
+    model, rows = _tiny_bert_and_rows()
+    sp = HardMovement(Cubic.phases(0.5, 10, warmup=2, cooldown=2), score_lr=0.01)
+    factors = []
+    sp.hooks.append(lambda s: factors.append(s.lr_factor))
+    trainer = tf.Trainer(model=model, args=_args(tmp_path, max_steps=10, learning_rate=1e-3,
+                                                 warmup_steps=4, lr_scheduler_type="linear"),
+                         train_dataset=rows, callbacks=[SparsifierCallback(sp)])
+    trainer.train()
+    expected = [t / 4 if t < 4 else (10 - t) / 6 for t in range(10)]
+    assert factors == pytest.approx(expected)
+    assert sp.sparsity() == pytest.approx(0.5, abs=TOL["sparsity_rounding"])
+
+
+def test_distill_trainer_loss(tmp_path):
+    """alpha = 1 with the student's own copy as the teacher: the loss is the KL of identical
+    logits, 0 (to rounding), so plain SGD leaves the weights where they are (Adam would blow
+    the rounding-sized gradients up to full steps); alpha = 0.5: (task + T²·KL) / 2 computed
+    by hand."""
+    import transformers as tf
+
+    from prunekit.training import distilled
+    from prunekit.training.hf import DistillTrainer
+
+    model, rows = _tiny_bert_and_rows(1)
+    teacher = copy.deepcopy(model)
+    before = copy.deepcopy(model.state_dict())
+    trainer = DistillTrainer(model=model, args=_args(tmp_path, max_steps=3, learning_rate=1e-2,
+                                                     weight_decay=0.0, optim="sgd"),
+                             train_dataset=rows, teacher=teacher, alpha=1.0)
+    result = trainer.train()
+    assert abs(result.training_loss) < 1e-6
+    assert all(torch.allclose(before[k], v, atol=TOL["float32_forward"]) for k, v in model.state_dict().items())
+    plain, _ = _tiny_bert_and_rows(1)  # the same run without distillation moves the weights
+    tf_trainer = type(trainer).__mro__[1](model=plain, args=_args(
+        tmp_path, max_steps=3, learning_rate=1e-2, weight_decay=0.0, optim="sgd"),
+        train_dataset=rows)
+    assert tf_trainer.train().training_loss > 0.5
+    assert not torch.allclose(before["classifier.weight"], plain.state_dict()["classifier.weight"],
+                              atol=TOL["float32_forward"])
+
+    other, _ = _tiny_bert_and_rows(2)
+    trainer = DistillTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=rows,
+                             teacher=other, temperature=3.0, alpha=0.5)
+    batch = {"input_ids": torch.stack([r["input_ids"] for r in rows[:4]]),
+             "labels": torch.tensor([r["labels"] for r in rows[:4]])}
+    model.eval()
+    loss = trainer.compute_loss(model, batch)
+    with torch.no_grad():
+        out = model(**batch)
+        expected = distilled(out.loss, out.logits, other(input_ids=batch["input_ids"]).logits,
+                             0.5, 3.0)
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=TOL["float32_forward"])
+    with pytest.raises(UsageError, match="labels"):
+        trainer.compute_loss(model, {"input_ids": batch["input_ids"]})
+    with pytest.raises(UsageError, match="alpha"):
+        DistillTrainer(model=model, args=_args(tmp_path, max_steps=1), teacher=other, alpha=2.0)

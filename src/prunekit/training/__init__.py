@@ -1,6 +1,8 @@
 """Pruning during training: sparsifiers (masks as parametrizations), schedules, lottery
-tickets, and a Hugging Face Trainer callback (:mod:`prunekit.training.hf`)."""
+tickets, distillation, and a Hugging Face Trainer callback and distilling Trainer
+(:mod:`prunekit.training.hf`)."""
 
+from .distill import distillation_loss, distilled
 from .lottery import Ticket, find_ticket, prune_round
 from .schedules import Constant, Cubic, OneShot, Schedule
 from .gmp import GradualMagnitude
@@ -10,6 +12,6 @@ from .sparsifier import FixedMask, Masked, Sparsifier, find_targets
 
 __all__ = [
     "Constant", "Cubic", "FixedMask", "GradualMagnitude", "HardMovement", "Masked",
-    "NMSparsifier", "OneShot", "Schedule", "ScoredMask", "SoftMovement", "Sparsifier", "Ticket",
+    "NMSparsifier", "distillation_loss", "distilled", "OneShot", "Schedule", "ScoredMask", "SoftMovement", "Sparsifier", "Ticket",
     "find_targets", "find_ticket", "prune_round",
 ]

@@ -71,6 +71,13 @@ class HardMovement(Sparsifier):
     each score moves by about ``score_lr`` per step in the direction −g_S consistently
     points, so large weights do not dominate the ranking) or ``"sgd"``: S ← S − score_lr · g_S,
     the plain running sum of −(∂L/∂W)·W of the paper's first-order analysis (lr = 1).
+
+    ``lr_factor`` (an attribute, 1 by default) multiplies ``score_lr`` at every step. The
+    paper's code trains scores and weights with one optimizer, so the scores follow the
+    weights' learning-rate warm-up and decay: with Adam that weights each step's vote in the
+    ranking by the learning rate of that step. Set it to the weights' current learning rate over
+    their peak before each ``step()``; :class:`~prunekit.training.hf.SparsifierCallback` does
+    so from the Trainer's scheduler.
     """
 
     hard_zero = False
@@ -88,6 +95,7 @@ class HardMovement(Sparsifier):
                 f"movement scores are all 0 before training: the schedule must start at "
                 f"sparsity 0, not {schedule.sparsity(0)} (e.g. Cubic(0.0, final, start=100, ...))")
         self.score_lr, self.score_optimizer = score_lr, score_optimizer
+        self.lr_factor = 1.0
         self._score_opt: torch.optim.Optimizer | None = None
 
     def scores(self, name: str, layer: nn.Module) -> Tensor:
@@ -126,6 +134,8 @@ class HardMovement(Sparsifier):
         if not self._grads_usable():
             return
         opt = self._optimizer()
+        for group in opt.param_groups:
+            group["lr"] = self.score_lr * self.lr_factor
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -146,6 +156,16 @@ class SoftMovement(HardMovement):
     λ rather than a schedule. Scores start at ``init`` (σ(init) > τ: everything kept) and are
     learned by Adam at ``score_lr``; masks are recomputed after every step.
 
+    threshold: τ, a number, or a :class:`Schedule` whose value at step t is τ_t: the paper's
+    code ramps τ from 0 to its final value (0.1 in its example, scores from 0) on the cubic
+    schedule, so that nothing is pruned before the ramp starts (σ(S) > 0 always), then pass the
+    same schedule as ``lam_schedule``.
+
+    penalty: ``"sum"`` (default): λ_t · Σ σ(S) over every scored weight; ``"mean"``: λ_t times
+    the mean over the layers of each layer's mean σ(S), the normalisation of the paper's code,
+    whose λ is then on its scale (400 in its SQuAD example): "sum" with λ is "mean" with λ
+    times the number of scored weights when the layers are of one size.
+
     lam_schedule: optional warm-up of λ. The penalty at optimizer step t (the number of
     ``step()`` calls so far) is weighted by λ_t = λ · s_t / s_f (:func:`ramped_lambda`), s_t
     the schedule's sparsity at t and s_f its final one: with ``Cubic(0.0, s_f, start, end)`` no
@@ -158,12 +178,15 @@ class SoftMovement(HardMovement):
     with others is an error, so a resumed run follows the same λ_t.
     """
 
-    def __init__(self, lam: float, threshold: float = 0.5, init: float = 1.0,
+    def __init__(self, lam: float, threshold: float | Schedule = 0.5, init: float = 1.0,
                  score_lr: float = 1e-2, skip: Sequence[str] = (),
-                 lam_schedule: Schedule | None = None) -> None:
+                 lam_schedule: Schedule | None = None, penalty: str = "sum") -> None:
         super().__init__(Constant(0.0, 0, 1), "layer", score_lr, "adam", skip)
-        if not lam >= 0 or not 0 < threshold < 1:
+        final_tau = threshold.final if isinstance(threshold, Schedule) else threshold
+        if not lam >= 0 or not 0 < final_tau < 1:
             raise UsageError(f"lambda {lam!r} must be >= 0 and threshold {threshold!r} in (0, 1)")
+        if penalty not in ("sum", "mean"):
+            raise UsageError(f"penalty {penalty!r} is unknown: use 'sum' or 'mean'")
         if lam_schedule is not None:
             if not isinstance(lam_schedule, Schedule):
                 raise UsageError(f"lam_schedule must be a Schedule (e.g. Cubic(0.0, 0.9, start, "
@@ -172,7 +195,7 @@ class SoftMovement(HardMovement):
                 raise UsageError(f"lam_schedule {lam_schedule} ends at sparsity "
                                  f"{lam_schedule.final}: λ_t = λ·s_t/s_f needs s_f > 0")
         self.lam, self.threshold, self.init = lam, threshold, init
-        self.lam_schedule = lam_schedule
+        self.lam_schedule, self.penalty_kind = lam_schedule, penalty
 
     def _make_param(self, weight: Tensor) -> Masked:
         return ScoredMask(weight.detach(), self.init)
@@ -181,25 +204,36 @@ class SoftMovement(HardMovement):
         """λ_t for the coming optimizer step (t = the number of ``step()`` calls so far)."""
         return ramped_lambda(self.lam, self.lam_schedule, self.step_count)
 
+    def current_threshold(self, step: int | None = None) -> float:
+        """τ_t at ``step`` (default: the steps taken so far)."""
+        t = self.step_count if step is None else step
+        return self.threshold.sparsity(t) if isinstance(self.threshold, Schedule) \
+            else self.threshold
+
     def penalty(self) -> Tensor:
-        """λ_t · Σ σ(S) over every scored weight: add it to the loss before ``backward``
-        (λ_t = λ without ``lam_schedule``; 0 times the sum, still differentiable, before the
-        ramp starts)."""
+        """λ_t · Σ σ(S) over every scored weight (``penalty="mean"``: λ_t · the mean over
+        layers of each layer's mean σ(S)): add it to the loss before ``backward`` (λ_t = λ
+        without ``lam_schedule``; 0 times the sum, still differentiable, before the ramp
+        starts)."""
         self._require_prepared()
-        return self.current_lambda() * sum(torch.sigmoid(S).sum()
-                                           for S in self._score_tensors())
+        scores = self._score_tensors()
+        if self.penalty_kind == "mean":
+            total = sum(torch.sigmoid(S).mean() for S in scores) / len(scores)
+        else:
+            total = sum(torch.sigmoid(S).sum() for S in scores)
+        return self.current_lambda() * total
 
     def _update(self, step: int) -> None:
+        tau = self.current_threshold(step)
         with torch.no_grad():
             for n, layer in self.layers.items():
-                self._set_mask(n, torch.sigmoid(self._param(layer).scores) > self.threshold)
+                self._set_mask(n, torch.sigmoid(self._param(layer).scores) > tau)
 
     def _penalty_config(self) -> dict[str, Any]:
-        ramp = self.lam_schedule
-        if ramp is None:
-            return {"lam": self.lam, "lam_schedule": None}
-        fields = dataclasses.asdict(ramp) if dataclasses.is_dataclass(ramp) else {}
-        return {"lam": self.lam, "lam_schedule": {"type": type(ramp).__name__, **fields}}
+        return {"lam": self.lam, "lam_schedule": _schedule_config(self.lam_schedule),
+                "threshold": (_schedule_config(self.threshold)
+                              if isinstance(self.threshold, Schedule) else self.threshold),
+                "penalty": self.penalty_kind}
 
     def state_dict(self) -> dict[str, Any]:
         out = super().state_dict()
@@ -208,8 +242,17 @@ class SoftMovement(HardMovement):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         saved = state.get("penalty")  # absent in checkpoints from before the λ warm-up
-        if saved is not None and saved != self._penalty_config():
+        mine = self._penalty_config()  # keys added later are compared where the file has them
+        if saved is not None and any(saved[k] != mine.get(k) for k in saved):
             raise UsageError(f"the checkpoint was trained with penalty {saved}, this "
-                             f"sparsifier has {self._penalty_config()}: construct SoftMovement "
-                             "with the same lam and lam_schedule to resume identically")
+                             f"sparsifier has {mine}: construct SoftMovement with the same lam, "
+                             "lam_schedule, threshold and penalty to resume identically")
         super().load_state_dict(state)
+
+
+def _schedule_config(schedule: Schedule | None) -> dict[str, Any] | None:
+    """A schedule as plain data (its type and fields), for checkpoints."""
+    if schedule is None:
+        return None
+    fields = dataclasses.asdict(schedule) if dataclasses.is_dataclass(schedule) else {}
+    return {"type": type(schedule).__name__, **fields}

@@ -58,6 +58,19 @@ class Cubic(Schedule):
         if self.frequency < 1:
             raise UsageError(f"schedule frequency {self.frequency} must be >= 1")
 
+    @classmethod
+    def phases(cls, final: float, steps: int, warmup: int, cooldown: int,
+               initial: float = 0.0, frequency: int = 1) -> Cubic:
+        """The three phases of Sanh et al. (2020)'s released code, over a run of ``steps``
+        optimizer steps: ``warmup`` steps at ``initial`` (dense: the scores learn, nothing is
+        pruned), the cubic ramp to ``final``, and ``cooldown`` steps at ``final`` (the masks
+        settle while the weights recover). That code counts both in multiples of the
+        learning-rate warm-up (1 and 2 of them in its example commands)."""
+        if warmup < 0 or cooldown < 0 or warmup + cooldown >= steps:
+            raise UsageError(f"warm-up {warmup} and cool-down {cooldown} steps must be >= 0 "
+                             f"and leave some of the {steps} steps for the ramp")
+        return cls(initial, final, start=warmup, end=steps - cooldown, frequency=frequency)
+
     @property
     def final(self) -> float:
         return self.final_sparsity
