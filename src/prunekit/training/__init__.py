@@ -12,6 +12,6 @@ from .sparsifier import FixedMask, Masked, Sparsifier, find_targets
 
 __all__ = [
     "Constant", "Cubic", "FixedMask", "GradualMagnitude", "HardMovement", "Masked",
-    "NMSparsifier", "distillation_loss", "distilled", "OneShot", "Schedule", "ScoredMask", "SoftMovement", "Sparsifier", "Ticket",
-    "find_targets", "find_ticket", "prune_round",
+    "NMSparsifier", "OneShot", "Schedule", "ScoredMask", "SoftMovement", "Sparsifier", "Ticket",
+    "distillation_loss", "distilled", "find_targets", "find_ticket", "prune_round",
 ]

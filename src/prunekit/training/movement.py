@@ -172,8 +172,8 @@ class SoftMovement(HardMovement):
     penalty before ``start``, the full λ from ``end`` on, a cubic rise in between (s_f itself
     only sets the scale and cancels). This follows Sanh et al. (2020)'s reference
     implementation, which warms the regularisation weight up with its cubic threshold
-    schedule rather than applying the final λ from the first step. (That code also ramps τ
-    itself from 0; here τ stays fixed.) The schedule is part of the configuration: the
+    schedule rather than applying the final λ from the first step (and ramps τ itself:
+    pass the same schedule as ``threshold``). The schedules are part of the configuration: the
     sparsifier's :meth:`state_dict` records λ and the schedule, and loading a checkpoint made
     with others is an error, so a resumed run follows the same λ_t.
     """
