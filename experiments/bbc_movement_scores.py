@@ -17,7 +17,6 @@ Writes ``{--out}/bbc_movement_scores.json`` (with the command) and prints a tabl
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import shlex
