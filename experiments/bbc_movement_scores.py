@@ -9,7 +9,9 @@ its scores (``score_optimizer`` "adam", as the paper's code, and "sgd", the plai
 of −(∂L/∂W)·W), with the weights' learning-rate warm-up and decay as in every pruning run.
 At each snapshot step the scores are copied; afterwards each layer of the final dense weights
 is pruned per layer to each sparsity by those scores, by |W|, and at random, and the test
-accuracy is measured without any further training. If movement scores rank no better than
+accuracy is measured without any further training; for the first snapshot's scores also with
+the removed weights moved at random within each row (each column), which keeps how many each
+row (column) loses and changes only which. If movement scores rank no better than
 random at the start of the ramp, the ramp removes weights the task needs.
 
 Writes ``{--out}/bbc_movement_scores.json`` (with the command) and prints a table.
@@ -33,11 +35,20 @@ from prunekit.masks import topk_mask  # noqa: E402
 from prunekit.training import Cubic, HardMovement, find_targets  # noqa: E402
 
 
-def masked_accuracy(model, ranking: dict[str, torch.Tensor], sparsity: float, rows, n) -> float:
+def masked_accuracy(model, ranking: dict[str, torch.Tensor], sparsity: float, rows, n,
+                    shuffle: int | None = None, gen: torch.Generator | None = None) -> float:
+    """Test accuracy with each layer pruned to ``sparsity`` by ``ranking`` (no training).
+    ``shuffle`` 1 (or 0): the same number of weights removed from every row (column) as the
+    ranking removes, at random places within it: whether the damage lies in which weights of a
+    row or column are chosen, or only in how many."""
     pruned = copy.deepcopy(model)
     with torch.no_grad():
         for name, layer in find_targets(pruned).items():
-            layer.weight.mul_(topk_mask(ranking[name], sparsity, "layer"))
+            keep = topk_mask(ranking[name], sparsity, "layer")
+            if shuffle is not None:
+                order = torch.argsort(torch.rand(keep.shape, generator=gen), dim=shuffle)
+                keep = torch.gather(keep, shuffle, order)
+            layer.weight.mul_(keep)
     return bp.evaluate(pruned, rows, n)[0]
 
 
@@ -72,8 +83,18 @@ def main() -> None:
         base["random"] = {k: torch.rand(v.shape, generator=gen) for k, v in base["|W|"].items()}
         rankings = {**({f"{rule} scores @{t}": s for t, s in sorted(snaps.items())}),
                     **(base if rule == "adam" else {})}
+        first = f"{rule} scores @{min(snaps)}"
         for label, ranking in rankings.items():
             accs = [masked_accuracy(model, ranking, s, test_rows, n) for s in args.sparsities]
+            if label == first:  # the same removed sets, moved at random within rows, columns
+                for dim, where in ((1, "rows"), (0, "columns")):
+                    shuffled = [masked_accuracy(model, ranking, s, test_rows, n, dim, gen)
+                                for s in args.sparsities]
+                    out["rows"].append({"ranking": f"{label}, shuffled within {where}",
+                                        "accuracy": dict(zip(map(str, args.sparsities),
+                                                             shuffled))})
+                    print(f"{label}, shuffled within {where}: "
+                          + " ".join(f"{a:6.1%}" for a in shuffled), flush=True)
             # how much of the layer's top-(1-s) by |W| the ranking keeps, at 50 %
             overlap = sum(int((topk_mask(ranking[k], 0.5, "layer")
                                & topk_mask(base["|W|"][k], 0.5, "layer")).sum())

@@ -23,6 +23,11 @@ linear decay to 0, weight decay 0.01. Runs:
   ``gmp-S`` gradual magnitude; ``hard-S`` hard movement (scores from 0, Adam at lr 1e-2
   following the learning-rate schedule, masks after every step); both on Sanh et al. (2020)'s
   three phases: ``--warmup`` dense steps, the cubic ramp, 2 × ``--warmup`` steps of cool-down.
+  ``hardlin-S``: hard movement on a linear ramp instead of the cubic (a third of the cubic's
+  removal per step at the ramp's start).
+  ``pt-KIND-S`` (``pt-hard-0.9``, ``pt-gmp-0.9``): pruned while fine-tuning from the pretrained
+  model with a fresh head, as Sanh et al. ran it, for ``--ft-steps`` + ``--steps`` steps on the
+  same three phases; no separate dense fine-tuning first.
   ``hardft-S``: hard movement whose scores start from those learned along the dense
   fine-tuning from the pretrained model (the same fine-tuning run again with scores, which
   leaves the weights as they were), as the paper learns them from the first step.
@@ -166,20 +171,24 @@ def train(model, rows: list[dict], steps: int, args, seed: int, sparsifier: Spar
     return seconds
 
 
-def phases(final: float, args, frequency: int = 1) -> Cubic:
-    """Sanh et al. (2020)'s three phases over ``--steps``: ``--warmup`` dense steps (one
-    learning-rate warm-up), the cubic ramp, 2 × ``--warmup`` steps at ``final``."""
-    return Cubic.phases(final, args.steps, warmup=args.warmup, cooldown=2 * args.warmup,
-                        frequency=frequency)
+def phases(final: float, args, frequency: int = 1, steps: int | None = None,
+           power: float = 3.0) -> Cubic:
+    """Sanh et al. (2020)'s three phases over ``steps`` (``--steps``): ``--warmup`` dense steps
+    (one learning-rate warm-up), the cubic ramp (``power`` 1: linear), 2 × ``--warmup`` steps
+    at ``final``."""
+    return Cubic.phases(final, steps or args.steps, warmup=args.warmup,
+                        cooldown=2 * args.warmup, frequency=frequency, power=power)
 
 
-def sparsifier_for(kind: str, value: str, args) -> Sparsifier:
+def sparsifier_for(kind: str, value: str, args, steps: int | None = None) -> Sparsifier:
     if kind == "gmp":
-        return GradualMagnitude(phases(float(value), args, frequency=10), scope="layer")
-    if kind == "hard":
-        return HardMovement(phases(float(value), args), scope="layer", score_lr=args.score_lr)
+        return GradualMagnitude(phases(float(value), args, 10, steps), scope="layer")
+    if kind in ("hard", "hardlin"):
+        power = 1.0 if kind == "hardlin" else 3.0
+        return HardMovement(phases(float(value), args, 1, steps, power), scope="layer",
+                            score_lr=args.score_lr)
     if kind == "soft":  # τ: 0 → 0.1 and λ warmed up on the same phases (the paper's code)
-        ramp = phases(0.1, args)
+        ramp = phases(0.1, args, 1, steps)
         return SoftMovement(lam=float(value), threshold=ramp, init=0.0,
                             score_lr=args.soft_score_lr, lam_schedule=ramp, penalty="mean")
     raise SystemExit(f"unknown training run kind {kind!r}")
@@ -246,6 +255,7 @@ def one_run(run: str, seed: int, tok, train_rows, test_rows, classes, args) -> d
     model = copy.deepcopy(dense)
     teacher = dense if distil else None
     row: dict = {}
+    steps = args.steps
     if kind.startswith("delta-"):
         if distil:
             raise SystemExit(f"{run}: delta runs do not train, so +kd does not apply")
@@ -273,9 +283,12 @@ def one_run(run: str, seed: int, tok, train_rows, test_rows, classes, args) -> d
             with torch.no_grad():
                 for n, layer in sp.layers.items():
                     layer.parametrizations.weight[0].scores.copy_(ft["scores"][n])
+        elif kind.startswith("pt-"):  # pruned while fine-tuned from the pretrained model
+            model, steps = fresh_classifier(len(classes), seed), args.ft_steps + args.steps
+            sp = sparsifier_for(kind.removeprefix("pt-"), value, args, steps)
         else:
             sp = sparsifier_for(kind, value, args)
-        row["train_seconds"] = round(train(model, train_rows, args.steps, args, seed, sp,
+        row["train_seconds"] = round(train(model, train_rows, steps, args, seed, sp,
                                            teacher), 1)
     acc, f1 = evaluate(model, test_rows, len(classes))
     return {**row, "accuracy": acc, "macro_f1": f1, "sparsity": encoder_sparsity(model)}

@@ -73,8 +73,15 @@ def test_cubic_phases_warm_up_ramp_cool_down():
         Cubic.phases(0.9, steps=100, warmup=-1, cooldown=10)
 
 
+def test_ramp_power_one_is_linear():
+    s = Cubic.phases(0.9, steps=100, warmup=10, cooldown=30, power=1.0)
+    assert [s.sparsity(t) for t in (10, 25, 40, 70)] == pytest.approx([0.0, 0.225, 0.45, 0.9])
+    cubic = Cubic.phases(0.9, 100, 10, 30)  # its first step removes three times as much
+    assert s.sparsity(11) == pytest.approx(cubic.sparsity(11) / 3, rel=TOL["sparsity_schedule"])
+
+
 @pytest.mark.parametrize("bad", [dict(final_sparsity=1.0), dict(start=5, end=5),
-                                 dict(frequency=0), dict(initial=-0.1)])
+                                 dict(frequency=0), dict(initial=-0.1), dict(power=0)])
 def test_schedule_validation(bad):
     with pytest.raises(UsageError):
         Cubic(**bad)

@@ -4,7 +4,8 @@ at which steps the masks are updated.
 * :class:`Cubic`: Zhu & Gupta (2017), "To prune, or not to prune", Eq. 1:
   s_t = s_f + (s_i − s_f) · (1 − (t − t_0) / (t_1 − t_0))³ for t_0 ≤ t ≤ t_1, updated every
   Δt steps; s_i before t_0 and s_f after t_1. Prunes fast early, when many weights are
-  redundant, and slowly near the end.
+  redundant, and slowly near the end. ``power`` replaces the exponent 3 (1: a linear ramp,
+  which removes 3 times less per step at the start).
 * :class:`Constant`: one sparsity from ``start`` on, masks updated every ``frequency`` steps.
 * :class:`OneShot`: the final sparsity at one step, masks never changed afterwards.
 """
@@ -46,8 +47,11 @@ class Cubic(Schedule):
     start: int = 0
     end: int = 1000
     frequency: int = 100
+    power: float = 3.0
 
     def __post_init__(self) -> None:
+        if not self.power > 0:
+            raise UsageError(f"schedule power {self.power!r} must be > 0 (3: cubic, 1: linear)")
         _check_sparsity(self.initial, "initial sparsity")
         _check_sparsity(self.final_sparsity, "final sparsity")
         if self.initial > self.final_sparsity:
@@ -60,7 +64,7 @@ class Cubic(Schedule):
 
     @classmethod
     def phases(cls, final: float, steps: int, warmup: int, cooldown: int,
-               initial: float = 0.0, frequency: int = 1) -> Cubic:
+               initial: float = 0.0, frequency: int = 1, power: float = 3.0) -> Cubic:
         """The three phases of Sanh et al. (2020)'s released code, over a run of ``steps``
         optimizer steps: ``warmup`` steps at ``initial`` (dense: the scores learn, nothing is
         pruned), the cubic ramp to ``final``, and ``cooldown`` steps at ``final`` (the masks
@@ -69,7 +73,8 @@ class Cubic(Schedule):
         if warmup < 0 or cooldown < 0 or warmup + cooldown >= steps:
             raise UsageError(f"warm-up {warmup} and cool-down {cooldown} steps must be >= 0 "
                              f"and leave some of the {steps} steps for the ramp")
-        return cls(initial, final, start=warmup, end=steps - cooldown, frequency=frequency)
+        return cls(initial, final, start=warmup, end=steps - cooldown, frequency=frequency,
+                   power=power)
 
     @property
     def final(self) -> float:
@@ -78,7 +83,8 @@ class Cubic(Schedule):
     def sparsity(self, step: int) -> float:
         t = min(max(step, self.start), self.end)
         frac = (t - self.start) / (self.end - self.start)
-        return self.final_sparsity + (self.initial - self.final_sparsity) * (1.0 - frac) ** 3
+        return (self.final_sparsity
+                + (self.initial - self.final_sparsity) * (1.0 - frac) ** self.power)
 
     def updates(self, step: int) -> bool:
         if step < self.start or step > self.end:
