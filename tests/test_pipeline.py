@@ -47,6 +47,27 @@ def test_pipeline_prunes_every_family(family, method, pattern):
     assert torch.isfinite(forward(model, batches[0])).all()
 
 
+@pytest.mark.parametrize("fam", ["bert", "llama"])
+def test_padding_is_left_out_of_every_statistic(fam):
+    """Sequences of different lengths padded into one batch give exactly the statistics (and
+    so the pruned weights) of the same sequences fed one at a time without padding."""
+    lengths = (16, 9, 5)
+    rows = [b["input_ids"][0] for b in random_batches(3, batch=1, seqlen=16, seed=1)]
+    alone = [{"input_ids": r[:n][None], "attention_mask": torch.ones(1, n, dtype=torch.long)}
+             for r, n in zip(rows, lengths)]
+    ids = torch.stack(rows)
+    mask = (torch.arange(16)[None] < torch.tensor(lengths)[:, None]).long()
+    padded = [{"input_ids": ids * mask, "attention_mask": mask}]
+    one, two = tiny_model(fam), tiny_model(fam)
+    r1 = prune_model(one, "sparsegpt", Unstructured(0.5), alone)
+    r2 = prune_model(two, "sparsegpt", Unstructured(0.5), padded)
+    assert [r.n_tokens for r in r2] == [sum(lengths)] * len(r2)
+    for a, b in zip(r1, r2):
+        assert a.rel_error == pytest.approx(b.rel_error, rel=TOL["float32_solver"])
+    for (name, p1), p2 in zip(one.named_parameters(), two.parameters()):
+        assert torch.allclose(p1, p2, atol=TOL["float32_solver"], rtol=0), name
+
+
 def test_zero_sparsity_changes_nothing(family):
     model = tiny_model(family)
     batch = random_batches()[0]
@@ -118,3 +139,64 @@ def test_global_magnitude_ranks_across_layers():
     for layer in adapter.all_targets(model).values():
         W = weight_matrix(layer)
         assert (W[W != 0].abs() >= threshold).all()
+
+
+@pytest.mark.parametrize("fam", ["bert", "llama", "gpt2", "opt"])
+def test_true_sequential_calibrates_each_stage_on_compressed_earlier_ones(fam):
+    """--sequential true: the stages come in call order (layers sharing an input together), and
+    each stage's Hessian is that of its inputs with the earlier stages of the block already
+    compressed: checked against a brute-force run that prunes one stage at a time and
+    recomputes the inputs with plain hooks."""
+    from prunekit.methods.sparsegpt import SparseGPTConfig
+    from prunekit.pipeline import call_stages
+    from prunekit.plan import make_plan
+    from prunekit.run import execute
+
+    model, ref = tiny_model(fam), tiny_model(fam)
+    batches = random_batches()
+    adapter = HFAdapter()
+    list_name, blocks = adapter.block_list(model)
+    first = capture_block_inputs(model, adapter, batches[:1], torch.device("cpu"))[0]
+    stages = call_stages(blocks[0], adapter.targets(blocks[0], f"{list_name}.0"), first)
+    flat = [n for s in stages for n in s]
+    assert sorted(flat) == sorted(adapter.targets(blocks[0], f"{list_name}.0"))
+    assert len(stages) == {"bert": 4, "llama": 4, "gpt2": 4, "opt": 4}[fam]
+    assert len(stages[0]) == (1 if fam == "gpt2" else 3)  # q/k/v (GPT-2: one c_attn)
+    plan = make_plan("sparsegpt", 0.5, SparseGPTConfig(sequential="true", hessian_dtype="float64"))
+    results = execute(model, plan, batches)
+    # brute force on `ref`: for each block and stage, Hessians from a full forward of the
+    # model as it stands (earlier blocks and stages already pruned), then prune that stage
+    ref_adapter = HFAdapter()
+    _, ref_blocks = ref_adapter.block_list(ref)
+    expected = {}
+    for i, block in enumerate(ref_blocks):
+        targets = ref_adapter.targets(block, f"{list_name}.{i}")
+        for stage in call_stages(block, targets, first):
+            xs = {n: [] for n in stage}
+            hs = [targets[n].register_forward_pre_hook(
+                lambda _m, inp, n=n: xs[n].append(inp[0].reshape(-1, inp[0].shape[-1])))
+                for n in stage]
+            with torch.no_grad():
+                for b in batches:
+                    ref(**b)
+            for h in hs:
+                h.remove()
+            for n in stage:
+                X = torch.cat(xs[n]).double()
+                H = 2 * X.T @ X / X.shape[0]
+                W = weight_matrix(targets[n]).double()
+                W_new = sparsegpt_prune(W, H, plan.pattern)[0]
+                weight_matrix(targets[n]).copy_(W_new.to(W.dtype))
+                expected[n] = W_new
+    assert [r.name for r in results] == list(adapter.all_targets(model))
+    for name, layer in adapter.all_targets(model).items():
+        assert torch.allclose(weight_matrix(layer).double(), expected[name],
+                              atol=TOL["float32_model_rel"], rtol=TOL["float32_model_rel"]), name
+
+
+def test_true_sequential_is_refused_where_a_block_is_needed_whole():
+    from prunekit.errors import UsageError
+    from prunekit.plan import make_plan
+
+    with pytest.raises(UsageError, match="--sequential block"):
+        make_plan("awq", None, {"sequential": "true"}, kind="quantize")

@@ -46,7 +46,9 @@ def compress(model: str | LoadedModel, method: str | Plan = "sparsegpt",
     ``pattern`` (with ``config["quant"]`` also quantized), or a quantizer (pattern None).
 
     Keywords: ``calib`` (default "stdlib"), ``samples`` (128), ``seqlen`` (512),
-    ``batch_size`` (8), ``seed``, ``device`` ("cpu"), ``skip`` (layer globs), ``evaluate``,
+    ``batch_size`` (8), ``seed``, ``calib_protocol`` ("auto": the default of the model's
+    kind; "windows" or "documents", see :func:`prunekit.data.calibration.calibration`),
+    ``device`` ("cpu"), ``skip`` (layer globs), ``evaluate``,
     ``eval_data``, ``eval_task`` ("bbc": a linear probe on an encoder's embeddings, beside the
     fidelity), ``dtype`` ("float32"), ``progress``, and ``group``: this process's place in
     a torch.distributed job (:func:`prunekit.distributed.from_environment`): the calibration

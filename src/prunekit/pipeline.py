@@ -2,6 +2,12 @@
 and re-run it so the pruned outputs become the next block's inputs (Frantar & Alistarh 2023,
 Sec. 4, "sequential" layer-wise pruning).
 
+Inside a block, either every layer is calibrated on the dense block (one run of it), or, "true
+sequential" (GPTQ's ``--true-sequential``, Frantar et al. 2023), stage by stage in the order
+the forward calls them (q/k/v, the attention output, the MLP's up/gate, its down projection):
+each stage's inputs are recomputed with the stages before it already compressed, by a forward
+that stops once the stage's last layer has been fed.
+
 Only the current block and the calibration activations live on the compute device.
 """
 
@@ -55,13 +61,14 @@ def capture_block_inputs(
     batches: Iterable[dict[str, Tensor]],
     device: torch.device,
     home: torch.device | None = None,
+    on_batch: Callable[[dict[str, Tensor]], None] | None = None,
 ) -> list[BlockInput]:
     """Record the (args, kwargs) the first block receives for every batch.
 
     The block list is swapped for a one-element list holding only the first block, whose
     forward pre-hook records its inputs; the forward pass then ends naturally after that
     block (no exception is raised to stop it). Output heads are not run: the model's
-    ``base_model`` is called.
+    ``base_model`` is called. ``on_batch(batch)`` is called before each batch's forward.
     """
     list_name, blocks = adapter.block_list(model)
     parent_name, _, attr = list_name.rpartition(".")
@@ -79,6 +86,8 @@ def capture_block_inputs(
         base.to(device)
         with torch.no_grad():
             for batch in batches:
+                if on_batch is not None:
+                    on_batch(batch)
                 base(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
     finally:
         handle.remove()
@@ -89,18 +98,40 @@ def capture_block_inputs(
     return records
 
 
+def token_mask(batch: dict[str, Tensor]) -> Tensor | None:
+    """The (batch, tokens) bool mask of the real tokens of a calibration batch: its
+    ``attention_mask``, or None when there is no padding (every token counts)."""
+    mask = batch.get("attention_mask")
+    if mask is None or bool(mask.all()):
+        return None
+    return mask.bool()
+
+
 class _Feeder:
     """Feeds every compressor its layer's inputs through forward hooks.
 
     Layers that receive the very same input tensor in a forward pass (q/k/v projections,
     gate/up projections) share one Hessian accumulator from the first batch on, so XᵀX is
-    computed once for them.
+    computed once for them. ``mask`` (set before each batch: :func:`token_mask`) keeps padding
+    tokens out of every statistic.
     """
 
     def __init__(self) -> None:
         self.last_input: Tensor | None = None
         self.last: LayerCompressor | None = None
         self.leader: dict[int, LayerCompressor] = {}
+        self.mask: Tensor | None = None
+
+    def real_tokens(self, comp: LayerCompressor, x: Tensor) -> Tensor:
+        """x (batch, tokens, features) without its padding tokens: (n real, features)."""
+        if self.mask is None:
+            return x
+        if tuple(x.shape[:2]) != tuple(self.mask.shape):
+            raise ModelError(
+                f"{comp.layer_name}: input of shape {tuple(x.shape)} does not start with the "
+                f"batch's (batch, tokens) {tuple(self.mask.shape)}: padding cannot be left "
+                "out; calibrate without padding (--calib-protocol windows)")
+        return x[self.mask.to(x.device)]
 
     def hook(self, comp: LayerCompressor) -> Callable:
         def feed(_module: nn.Module, inputs: tuple, _output: Any) -> None:
@@ -116,7 +147,7 @@ class _Feeder:
                         "batch but not on another: the block's forward is not deterministic"
                     )
                 return
-            comp.add_batch(x)
+            comp.add_batch(self.real_tokens(comp, x))
             self.last_input, self.last = x, comp
 
         return feed
@@ -139,14 +170,14 @@ def run_block(block: nn.Module, inputs: Sequence[BlockInput]) -> list[BlockInput
 def _feeding(
     block: nn.Module, prefix: str, adapter: ModelAdapter,
     make_compressor: Callable[[str, nn.Module], LayerCompressor],
-) -> Iterator[dict[str, LayerCompressor]]:
+) -> Iterator[tuple[dict[str, LayerCompressor], _Feeder]]:
     """Compressors for the block's targets, fed by forward hooks while the context is open."""
     compressors = {name: make_compressor(name, layer)
                    for name, layer in adapter.targets(block, prefix).items()}
     feeder = _Feeder()
     handles = [c.layer.register_forward_hook(feeder.hook(c)) for c in compressors.values()]
     try:
-        yield compressors
+        yield compressors, feeder
     finally:
         for h in handles:
             h.remove()
@@ -155,12 +186,98 @@ def _feeding(
 def gather_statistics(
     block: nn.Module, prefix: str, adapter: ModelAdapter, inputs: Iterable[BlockInput],
     make_compressor: Callable[[str, nn.Module], LayerCompressor],
+    masks: Sequence[Tensor | None] | None = None,
 ) -> dict[str, LayerCompressor]:
-    """Compressors for the block's targets, fed by one run of the block on ``inputs``."""
-    with _feeding(block, prefix, adapter, make_compressor) as compressors:
-        for _ in block_outputs(block, inputs):
-            pass
+    """Compressors for the block's targets, fed by one run of the block on ``inputs``;
+    ``masks[i]`` (:func:`token_mask`) leaves input i's padding tokens out."""
+    with _feeding(block, prefix, adapter, make_compressor) as (compressors, feeder), \
+            torch.no_grad():
+        for i, (args, kwargs) in enumerate(inputs):
+            feeder.mask = masks[i] if masks is not None else None
+            block(*args, **kwargs)
     return compressors
+
+
+class _Stop(Exception):
+    """Ends a partial forward of a block once the current stage's layers have been fed."""
+
+
+def call_stages(block: nn.Module, targets: dict[str, nn.Module],
+                first: BlockInput) -> list[list[str]]:
+    """The block's target layers grouped into stages, in the order the forward calls them on
+    ``first``: layers that receive the very same input tensor (q/k/v; gate/up) form one
+    stage. Targets the forward never calls are left out (their statistics would be empty)."""
+    seen: list[tuple[str, Tensor]] = []  # the inputs are held: an id() could be reused
+
+    def record(name: str) -> Callable:
+        def hook(_module: nn.Module, inputs: tuple) -> None:
+            if all(n != name for n, _ in seen):
+                seen.append((name, inputs[0]))
+        return hook
+
+    handles = [layer.register_forward_pre_hook(record(n)) for n, layer in targets.items()]
+    try:
+        with torch.no_grad():
+            block(*first[0], **first[1])
+    finally:
+        for h in handles:
+            h.remove()
+    stages: list[list[str]] = []
+    for i, (name, x) in enumerate(seen):
+        if i and x is seen[i - 1][1]:
+            stages[-1].append(name)
+        else:
+            stages.append([name])
+    return stages
+
+
+def gather_stage(
+    block: nn.Module, layers: dict[str, nn.Module], inputs: Sequence[BlockInput],
+    make_compressor: Callable[[str, nn.Module], LayerCompressor],
+    masks: Sequence[Tensor | None] | None = None,
+) -> dict[str, LayerCompressor]:
+    """Compressors for one stage's ``layers`` (in call order), fed by forwards of ``block``
+    that stop right after the last of them has received its input."""
+    compressors = {name: make_compressor(name, layer) for name, layer in layers.items()}
+    feeder = _Feeder()
+    handles = [c.layer.register_forward_hook(feeder.hook(c)) for c in compressors.values()]
+
+    def stop(*_: Any) -> None:
+        raise _Stop
+
+    handles.append(list(layers.values())[-1].register_forward_hook(stop))
+    try:
+        with torch.no_grad():
+            for i, (args, kwargs) in enumerate(inputs):
+                feeder.mask = masks[i] if masks is not None else None
+                try:
+                    block(*args, **kwargs)
+                except _Stop:
+                    pass
+    finally:
+        for h in handles:
+            h.remove()
+    return compressors
+
+
+def compress_block_in_stages(
+    model: nn.Module, block: nn.Module, prefix: str, adapter: ModelAdapter,
+    inputs: Sequence[BlockInput], make_compressor: Callable[[str, nn.Module], LayerCompressor],
+    masks: Sequence[Tensor | None] | None = None, group: Group | None = None,
+) -> list[LayerResult]:
+    """True-sequential compression of one block: each stage (:func:`call_stages`) is
+    calibrated on the inputs the block gives it once the stages before it are compressed, then
+    compressed (:func:`compress_block`). Results in the adapter's order of the targets."""
+    targets = adapter.targets(block, prefix)
+    if not targets:
+        return []
+    results: list[LayerResult] = []
+    for stage in call_stages(block, targets, inputs[0]):
+        compressors = gather_stage(block, {n: targets[n] for n in stage}, inputs,
+                                   make_compressor, masks)
+        results += compress_block(model, block, prefix, adapter, compressors, group)
+    order = list(targets)
+    return sorted(results, key=lambda r: order.index(r.name))
 
 
 def compress_block(
@@ -196,11 +313,14 @@ def run_sequential(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
     group: Group | None = None,
+    true_sequential: bool = False,
 ) -> list[LayerResult]:
     """Compress every target layer of ``model`` block by block; returns per-layer results.
 
     Block 0's statistics are gathered during the capture pass itself, which runs that block
     anyway; every later block runs twice (statistics, then pruned outputs for the next one).
+    ``true_sequential``: each block stage by stage (:func:`compress_block_in_stages`), at the
+    cost of a partial forward per stage instead of the statistics run.
     With a process ``group`` each rank passes its own share of the calibration ``batches``
     (see :meth:`prunekit.distributed.Group.shard`).
     """
@@ -208,16 +328,32 @@ def run_sequential(
     list_name, blocks = adapter.block_list(model)
     home = _device_of(model)
     blocks[0].to(device)
-    with _feeding(blocks[0], f"{list_name}.0", adapter, make_compressor) as compressors:
-        inputs = capture_block_inputs(model, adapter, batches, device, home)
+    masks: list[Tensor | None] = []
+
+    def on_batch(batch: dict[str, Tensor]) -> None:
+        masks.append(token_mask(batch))
+        feeder.mask = masks[-1]
+
+    if true_sequential:  # every stage gathers its own statistics
+        inputs = capture_block_inputs(model, adapter, batches, device, home,
+                                      lambda batch: masks.append(token_mask(batch)))
+    else:
+        with _feeding(blocks[0], f"{list_name}.0", adapter, make_compressor) as (compressors,
+                                                                              feeder):
+            inputs = capture_block_inputs(model, adapter, batches, device, home, on_batch)
     results: list[LayerResult] = []
     for i, block in enumerate(blocks):
         prefix = f"{list_name}.{i}"
         home = _device_of(block)
         block.to(device)
-        if i > 0:
-            compressors = gather_statistics(block, prefix, adapter, inputs, make_compressor)
-        block_results = compress_block(model, block, prefix, adapter, compressors, group)
+        if true_sequential:
+            block_results = compress_block_in_stages(model, block, prefix, adapter, inputs,
+                                                     make_compressor, masks, group)
+        else:
+            if i > 0:
+                compressors = gather_statistics(block, prefix, adapter, inputs,
+                                                make_compressor, masks)
+            block_results = compress_block(model, block, prefix, adapter, compressors, group)
         results.extend(block_results)
         if i + 1 < len(blocks):  # the pruned outputs feed the next block
             inputs = run_block(block, inputs)

@@ -217,6 +217,10 @@ def make_plan(method: str, pattern: str | float | Pattern | None = None,
         config = make_config(method, config)
     if pattern is not None:
         check_scope(method, pattern)
+    if getattr(config, "sequential", "block") == "true" and not getattr(
+            get_method(method), "supports_true_sequential", True):
+        raise UsageError(f"--sequential true: {method} needs each block's statistics at once; "
+                         "use --sequential block")
     check_base(method, base)
     if base is not None:
         base_source(base)  # a base of a type that is no model fails here

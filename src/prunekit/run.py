@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .data import load_texts
-from .data.calibration import calibration, check_seqlen
+from .data.calibration import calibration, check_seqlen, resolve_protocol
 from .errors import DataError
 from .eval.protocol import check_task, evaluation_texts, prepare_evaluation, prepare_task
 from .formats.load import load_model
@@ -61,7 +61,7 @@ def execute(
         return cls(layer, pattern_of(name), config, name, base=base[name])
 
     return run_sequential(model, adapter, batches, make, device=device, progress=progress,
-                          group=group)
+                          group=group, true_sequential=config.sequential == "true")
 
 
 def prune_model(
@@ -126,7 +126,7 @@ def compress_model(
     seqlen: int = 512, batch_size: int = 8, seed: int = 0, device: str = "cpu",
     skip: Sequence[str] = (), evaluate: bool = True, eval_data: str | None = None,
     eval_task: str | None = None, dtype: str = "float32", progress: Progress | None = None,
-    group: Group | None = None,
+    group: Group | None = None, calib_protocol: str = "auto",
 ) -> tuple[LoadedModel, PruneReport]:
     """Load ``model``, calibrate on ``calib`` and compress it by ``plan``; keywords as
     :func:`prunekit.compress`. What can be checked cheaply (device, data source, then the
@@ -135,6 +135,7 @@ def compress_model(
     t0 = time.perf_counter()
     check_device(device)
     check_task(eval_task)
+    resolve_protocol(calib_protocol, "encoder")  # a bad name fails before any work
     torch_dtype = model_dtype(dtype)
     calib_texts = load_texts(calib, "calib")
     eval_texts = evaluation_texts(calib, eval_data) if evaluate else None
@@ -146,9 +147,10 @@ def compress_model(
                else base_weights(loaded.model, load_base(plan.base, torch_dtype), skip,
                                  base_source(plan.base)))
     t_load = time.perf_counter()
+    protocol = resolve_protocol(calib_protocol, loaded.kind)
     batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
-                          max_positions(loaded.model), texts=calib_texts)
-    info = calibration_info(calib, samples, seqlen, seed)
+                          max_positions(loaded.model), texts=calib_texts, protocol=protocol)
+    info = calibration_info(calib, samples, seqlen, seed, protocol, batches)
     t_data = time.perf_counter()
     evaluate = evaluate and (group is None or group.is_main)
     task = prepare_task(loaded, eval_task, device) if evaluate and eval_task else None
@@ -177,10 +179,15 @@ def both(first: Measure, second: Measure) -> Measure:
     return lambda model: {**first(model), **second(model)}
 
 
-def calibration_info(calib: str, samples: int, seqlen: int, seed: int) -> dict[str, Any]:
-    """How a report records its calibration set."""
+def calibration_info(calib: str, samples: int, seqlen: int, seed: int,
+                     protocol: str = "windows",
+                     batches: Sequence[dict[str, Tensor]] | None = None) -> dict[str, Any]:
+    """How a report records its calibration set (``tokens``: the real tokens of ``batches``,
+    padding left out, when given)."""
+    tokens = (samples * seqlen if batches is None
+              else sum(int(b["attention_mask"].sum()) for b in batches))
     return {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
-            "tokens": samples * seqlen}
+            "protocol": protocol, "tokens": tokens}
 
 
 def quantized_weights(results: PruneReport | Sequence[LayerResult]) -> dict[str, Any]:
@@ -194,15 +201,17 @@ def compare(
     calib: str = "stdlib", samples: int = 64, seqlen: int = 128, batch_size: int = 8,
     seed: int = 0, device: str = "cpu",
     progress: Callable[[str, Pattern], Progress | None] = lambda _m, _p: None,
+    calib_protocol: str = "auto",
 ) -> list[PruneReport]:
     """Prune copies of one dense model with each (method, pattern) of ``runs`` on the same
     calibration batches, and evaluate each against the same dense reference."""
     check_device(device)
     plans = [make_plan(method, p, kind="prune") for method, p in runs]
+    protocol = resolve_protocol(calib_protocol, loaded.kind)
     batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
-                          max_positions(loaded.model))
+                          max_positions(loaded.model), protocol=protocol)
     measure = prepare_evaluation(loaded, calib, seqlen, device)
-    info = calibration_info(calib, samples, seqlen, seed)
+    info = calibration_info(calib, samples, seqlen, seed, protocol, batches)
     return [
         run_one(copy_model(loaded), plan, batches, calibration_info=info, measure=measure,
                 device=device, progress=progress(plan.method, plan.pattern))

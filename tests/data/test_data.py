@@ -25,6 +25,7 @@ from prunekit.data import (
     stdlib_split,
 )
 from prunekit.data.batches import leading_passage
+from prunekit.data.calibration import calibration
 from prunekit.data.corpus import MIN_DOCSTRING_CHARS
 from prunekit.errors import DataError
 
@@ -208,6 +209,27 @@ def test_calibration_batches_minilm_shapes_and_determinism(minilm_tokenizer, cal
     assert torch.equal(ids, torch.cat([b["input_ids"] for b in again]))
     other = calibration_batches(minilm_tokenizer, calib_texts, 20, 64, batch_size=8, seed=4)
     assert not torch.equal(ids, torch.cat([b["input_ids"] for b in other]))
+
+
+def test_document_batches_one_document_per_sequence_padded(minilm_tokenizer):
+    texts = ["A short one.", "   ", "A somewhat longer document about cats and dogs.",
+             " ".join(["word"] * 100), "Fourth text here, medium length."]
+    batches = calibration(minilm_tokenizer, "unused", 4, 16, batch_size=3, texts=texts,
+                          protocol="documents")
+    assert [tuple(b["input_ids"].shape) for b in batches] == [(3, 16), (1, 6)]
+    ids, mask = batches[0]["input_ids"], batches[0]["attention_mask"]
+    lengths = mask.sum(1).tolist()
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] == 16  # truncated to seqlen
+    for row, n in zip(ids, lengths):  # each its own sequence: [CLS] text [SEP], then padding
+        assert row[0] == minilm_tokenizer.cls_token_id and row[n - 1] == minilm_tokenizer.sep_token_id
+        assert (row[n:] == minilm_tokenizer.pad_token_id).all()
+    every = {minilm_tokenizer.decode(r[m.bool()][1:-1]) for b in batches
+             for r, m in zip(b["input_ids"], b["attention_mask"])}
+    assert "a short one." in every and len(every) == 4  # the blank text was skipped
+    with pytest.raises(DataError, match="holds? 4 documents, fewer than the 5"):
+        calibration(minilm_tokenizer, "unused", 5, 16, texts=texts, protocol="documents")
+    with pytest.raises(DataError, match="protocol 'chunks'"):
+        calibration(minilm_tokenizer, "unused", 2, 16, texts=texts, protocol="chunks")
 
 
 def test_calibration_windows_are_contiguous_slices_for_a_decoder():

@@ -311,7 +311,8 @@ def test_api_prune_with_a_base_spec(checkpoints):
                                     base=str(checkpoints["base"]), config={"score": "first-order"},
                                     samples=4, seqlen=16, batch_size=2, evaluate=False)
     assert report.config == {"hessian_dtype": "float32", "score": "first-order", "quant": None,
-                             "quant_method": "gptq", "base": str(checkpoints["base"])}
+                             "quant_method": "gptq", "sequential": "block",
+                             "base": str(checkpoints["base"])}
     assert report.pattern == "50% unstructured (layer)"
     assert report.target_sparsity == pytest.approx(0.5)
 

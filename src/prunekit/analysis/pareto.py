@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from ..data.calibration import calibration
+from ..data.calibration import calibration, resolve_protocol
 from ..data.packaged import bbc_labelled
 from ..errors import DataError, ModelError
 from ..eval.protocol import prepare_evaluation
@@ -99,7 +99,7 @@ def _run_recipe(loaded: LoadedModel, recipe: Recipe, batches: Sequence[dict[str,
 def sweep(model: str | LoadedModel, out: Path, recipes: list[Recipe], *,
            calib: str = "stdlib", samples: int = 64, seqlen: int = 128, batch_size: int = 8,
            seed: int = 0, progress: Callable[[str, int, int], None] | None = None,
-           labels: str | None = None) -> dict[str, Any]:
+           labels: str | None = None, calib_protocol: str = "auto") -> dict[str, Any]:
     """Measure every point of ``recipes`` on ``model``: quality (the
     model's own metric), bytes of its real prunekit checkpoint, ratio to dense fp16, seconds;
     then the frontier. Points already measured in ``out`` are reused (an interrupted run
@@ -109,11 +109,13 @@ def sweep(model: str | LoadedModel, out: Path, recipes: list[Recipe], *,
     t0 = time.perf_counter()
     if labels is not None:
         examples = read_labelled(labels)  # before the model loads
-        setup = _transformer_points(model, calib, samples, seqlen, batch_size, seed, examples)
+        setup = _transformer_points(model, calib, samples, seqlen, batch_size, seed,
+                                    calib_protocol, examples)
     elif isinstance(model, str) and is_small_model(model):
         setup = _classifier_points(model, samples, seed)
     else:
-        setup = _transformer_points(model, calib, samples, seqlen, batch_size, seed)
+        setup = _transformer_points(model, calib, samples, seqlen, batch_size, seed,
+                                    calib_protocol)
     quality = setup.quality
     points = []
     for i, recipe in enumerate(recipes):
@@ -184,7 +186,7 @@ def read_labelled(path: str) -> list[tuple[str, str]]:
 
 
 def _transformer_points(model: str | LoadedModel, calib: str, samples: int, seqlen: int,
-                        batch_size: int, seed: int,
+                        batch_size: int, seed: int, calib_protocol: str = "auto",
                         examples: list[tuple[str, str]] | None = None) -> Setup:
     """The :class:`Setup` of a Hugging Face model: embedding fidelity or perplexity; with
     labelled ``examples``, a sequence classifier's accuracy on them."""
@@ -200,9 +202,11 @@ def _transformer_points(model: str | LoadedModel, calib: str, samples: int, seql
         measure = _accuracy_on(loaded, examples, seqlen)
         quality, higher = "accuracy", True
         extra = {"dense_accuracy": measure(loaded.model)["accuracy"]}
+    protocol = resolve_protocol(calib_protocol, loaded.kind)
     batches = calibration(loaded.tokenizer, calib, samples, seqlen, batch_size, seed,
-                          max_positions(loaded.model))
+                          max_positions(loaded.model), protocol=protocol)
     info = {"source": calib, "samples": samples, "seqlen": seqlen, "seed": seed,
+            "protocol": protocol,
             **({} if examples is None else {"labelled": len(examples)})}
     def run(recipe: Recipe) -> tuple[nn.Module, list[LayerResult], dict[str, Any]]:
         work, report, evaluation = _run_recipe(loaded, recipe, batches, info, measure)

@@ -114,6 +114,7 @@ def _run_kwargs(args: argparse.Namespace, group) -> dict:
     device = str(process_device(args.device)) if launched() else args.device  # cuda:LOCAL_RANK
     return dict(calib=args.calib, samples=args.samples, seqlen=args.seqlen,
                 batch_size=args.batch_size, seed=args.seed, device=device, skip=args.skip,
+                calib_protocol=args.calib_protocol,
                 dtype=args.dtype, group=group)
 
 
@@ -218,7 +219,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     reports = compare(
         load_model("minilm", model_dtype(args.dtype)), DEMO_RUNS, calib=args.calib,
         samples=args.samples, seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed,
-        device=args.device, progress=lambda method, pattern: _progress(f"{method} {pattern}"))
+        device=args.device, progress=lambda method, pattern: _progress(f"{method} {pattern}"),
+        calib_protocol=args.calib_protocol)
     print(f"calibration: {args.samples} x {args.seqlen} tokens from {args.calib!r}; "
           f"fidelity on {reports[0].evaluation['n_texts']} held-out passages "
           "(mean cosine of dense vs pruned embeddings; nearest-neighbour agreement)")
@@ -301,7 +303,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
     result = api.pareto(args.model, args.out, args.grid, calib=args.calib, samples=args.samples,
                         seqlen=args.seqlen, batch_size=args.batch_size, seed=args.seed,
-                        progress=progress, labels=args.labels)
+                        progress=progress, labels=args.labels,
+                        calib_protocol=args.calib_protocol)
     bar.n = len(grid)
     bar.close()
     print(pareto_table(result))

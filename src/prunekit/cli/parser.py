@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 
 from .._version import __version__
+from ..data.calibration import PROTOCOLS
 from ..errors import UsageError
 from ..methods import get_method, load_builtin_methods
 from ..methods.base import Flag
@@ -117,6 +118,12 @@ def _add_calibration(p: argparse.ArgumentParser, samples: int, seqlen: int,
     p.add_argument("--batch-size", type=_positive, default=None if small else 8,
                    help="sequences per forward pass (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    p.add_argument("--calib-protocol", choices=("auto", *PROTOCOLS), default="auto",
+                   help="how text becomes calibration samples: 'windows' (random windows of "
+                        "the concatenated token stream, as GPTQ/SparseGPT), 'documents' (one "
+                        "document per sequence with its special tokens, padded; padding is left "
+                        "out of every statistic); auto: the measured better one for the model's "
+                        "kind (docs/one-shot-pruning.md)")
     p.add_argument("--device", default="cpu", help="compute device: cpu or cuda[:N] (default: cpu)")
     p.add_argument("--dtype", choices=tuple(MODEL_DTYPES), default="float32",
                    help="precision the model is loaded and run in during calibration (default "

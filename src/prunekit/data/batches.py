@@ -1,10 +1,12 @@
 """Texts -> model inputs: calibration windows, perplexity windows, evaluation passages.
 
-Three protocols, each deterministic for its arguments:
+Four protocols, each deterministic for its arguments:
 
 * :func:`calibration_batches`: random fixed-length windows of the concatenated token stream,
   as in GPTQ/SparseGPT calibration (Frantar & Alistarh, 2023, section 5: "128 segments of
   2048 tokens, randomly chosen"). No padding, every sample exactly ``seqlen`` tokens.
+* :func:`document_batches`: one document per sample, with its special tokens, padded, as an
+  encoder sees text in use.
 * :func:`eval_windows`: the sliding-window perplexity protocol of the Hugging Face
   "Perplexity of fixed-length models" guide; with ``stride == seqlen`` it is the
   non-overlapping protocol of the GPTQ/SparseGPT papers (plus a shorter last window).
@@ -147,6 +149,62 @@ def calibration_batches(
         {"input_ids": chunk, "attention_mask": torch.ones_like(chunk)}
         for chunk in samples.split(batch_size)
     ]
+
+
+def document_batches(
+    tokenizer: Any,
+    texts: list[str],
+    n_samples: int,
+    seqlen: int,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> list[dict[str, torch.Tensor]]:
+    """``n_samples`` documents, each its own sequence, in batches of ``batch_size``.
+
+    How an encoder meets text in use: one document (a sentence, a passage) per sequence,
+    wrapped in the tokenizer's own special tokens (``[CLS] … [SEP]``), never a window cut
+    across two documents. Documents, in an order shuffled by ``seed``
+    (``torch.randperm``), are tokenised with ``truncation`` to ``seqlen`` tokens; the first
+    ``n_samples`` that hold any text are taken, sorted by length (so a batch pads little) and
+    padded on the right to the longest of their batch. ``attention_mask`` is 0 on padding,
+    which the pipeline leaves out of every statistic. Raises DataError when the texts hold
+    fewer than ``n_samples`` documents.
+    """
+    _check_positive(n_samples=n_samples, seqlen=seqlen, batch_size=batch_size)
+    specials = len(tokenizer("")["input_ids"])  # the special tokens of one sequence
+    if seqlen <= specials:
+        raise DataError(f"seqlen={seqlen} leaves no room for text beside the tokenizer's "
+                        f"{specials} special tokens; use seqlen >= {specials + 1}")
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
+    docs: list[list[int]] = []
+    for start in range(0, len(order), 4 * n_samples):
+        chunk = [texts[i] for i in order[start:start + 4 * n_samples] if texts[i].strip()]
+        if chunk:
+            encoded = tokenizer(chunk, truncation=True, max_length=seqlen, verbose=False,
+                                return_attention_mask=False)["input_ids"]
+            docs += [ids for ids in encoded if len(ids) > specials]
+        if len(docs) >= n_samples:
+            break
+    if len(docs) < n_samples:
+        raise DataError(
+            f"the calibration texts hold {len(docs)} documents, fewer than the {n_samples} "
+            "samples asked for: lower --samples or calibrate on windows "
+            "(--calib-protocol windows)")
+    docs = sorted(docs[:n_samples], key=len, reverse=True)
+    pad = next((t for t in (getattr(tokenizer, "pad_token_id", None),
+                            getattr(tokenizer, "eos_token_id", None)) if t is not None), 0)
+    batches = []
+    for b in range(0, n_samples, batch_size):
+        part = docs[b:b + batch_size]
+        width = len(part[0])
+        ids = torch.full((len(part), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(part), width), dtype=torch.long)
+        for row, doc in enumerate(part):
+            ids[row, :len(doc)] = torch.tensor(doc)
+            mask[row, :len(doc)] = 1
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    logger.debug("calibration: %d documents, %d tokens", n_samples, sum(map(len, docs)))
+    return batches
 
 
 def sliding_windows(n_tokens: int, seqlen: int, stride: int) -> list[tuple[int, int, int]]:

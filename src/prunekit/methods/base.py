@@ -23,6 +23,8 @@ from ..quant import AFTER_PRUNING, quantize_kept
 from ..quant.grid import QuantizedWeight, QuantSpec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: --sequential: how the layers inside a block are calibrated (see prunekit.pipeline)
+SEQUENTIAL = ("block", "true")
 
 
 #: {name: method class}; filled by :func:`register`, read through
@@ -73,6 +75,11 @@ class MethodConfig:
     quant_method: str = setting("gptq", "--quant-method", "with --bits, for methods other than "
                                 "sparsegpt (and with --two-step): how to quantize after pruning "
                                 "(default gptq)", choices=AFTER_PRUNING)
+    sequential: str = setting("block", "--sequential", "inside each block: 'true' calibrates "
+                              "each stage (q/k/v, attention output, MLP up/gate, MLP down) on "
+                              "the outputs of the stages already compressed before it (GPTQ's "
+                              "--true-sequential); 'block': every layer on the dense block "
+                              "(default: block)", choices=SEQUENTIAL)
 
     def __post_init__(self) -> None:
         if self.hessian_dtype not in DTYPES:
@@ -86,6 +93,9 @@ class MethodConfig:
         if group is not None and group % blocksize and blocksize % group:
             raise UsageError(f"--group {group} and --blocksize {blocksize}: one must divide the "
                              f"other (e.g. --group 128, or --blocksize {group})")
+        if self.sequential not in SEQUENTIAL:
+            raise UsageError(f"--sequential {self.sequential!r}: use one of "
+                             f"{', '.join(SEQUENTIAL)}")
         if self.quant_method not in AFTER_PRUNING:
             raise UsageError(f"--quant-method {self.quant_method!r}: use one of "
                              f"{', '.join(AFTER_PRUNING)}")
@@ -157,6 +167,8 @@ class LayerCompressor(ABC):
     supports_global: ClassVar[bool] = False
     default_scope: ClassVar[str] = "row"  # scope of an unstructured sparsity given as a number
     description: ClassVar[str] = ""
+    #: False for a method that must see a whole block's statistics at once (AWQ's scale search)
+    supports_true_sequential: ClassVar[bool] = True
 
     def __init__(
         self, layer: nn.Module, pattern: Pattern | None, config: MethodConfig, name: str = "layer"

@@ -111,6 +111,7 @@ class AWQ(Quantizer):
     name = "awq"
     config_cls = AWQConfig
     description = "activation-aware input-channel scaling, then RTN or GPTQ (Lin et al. 2023)"
+    supports_true_sequential = False  # the scales of a block are searched together
 
     scale: Tensor | None = None  # the input scale s, searched before any layer is quantized
     alpha: float | None = None

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoTokenizer
 
 from ..data import load_texts
-from ..data.calibration import calibration
+from ..data.calibration import calibration, resolve_protocol
 from ..errors import ModelError, UsageError
 from ..formats.checkpoint import WEIGHTS, encode_tensor, write_manifest, write_parts
 from ..methods.base import DTYPES, LayerCompressor, LayerResult
@@ -31,7 +31,7 @@ from ..models.loaders import model_kind, resolve_model
 from ..files import publish_permissions
 from ..output import REPORT_FILE, TABLE_FILE, replace_dir
 from ..pipeline import (Progress, block_outputs, capture_block_inputs, compress_block,
-                        gather_statistics)
+                        gather_statistics, token_mask)
 from ..plan import Plan, check_device, layer_patterns, model_dtype
 from ..preflight import check_skeleton
 from ..report import PruneReport, report_text, write_json
@@ -94,7 +94,8 @@ def stream_prune(
         materialize_(model, parameter_names(model, prefix, job.plan), job.source, job.plan,
                      job.dtype, job.device)
         inputs = _Inputs(job.work, i, mine, job.device)
-        compressors = gather_statistics(block, prefix, adapter, inputs, make_compressor)
+        compressors = gather_statistics(block, prefix, adapter, inputs, make_compressor,
+                                        [token_mask(batches[j]) for j in mine])
         results = compress_block(model, block, prefix, adapter, compressors, group)
         if i + 1 < len(blocks):
             for j, out in zip(mine, block_outputs(block, inputs)):
@@ -176,14 +177,16 @@ def stream_model(
     skip: Sequence[str] = (), dtype: str = "float32", fmt: str = "prunekit",
     tensor_format: str = "auto", overwrite: bool = False, restart: bool = False,
     progress: Progress | None = None, group: Group | None = None,
-    announce: Callable[[MemoryEstimate], None] | None = None,
+    announce: Callable[[MemoryEstimate], None] | None = None, calib_protocol: str = "auto",
 ) -> PruneReport:
     """Compress checkpoint ``model`` by ``plan`` block by block into the checked folder
     ``out`` (see :func:`prunekit.prune_stream`, which checks the request); returns the report."""
     t0 = time.perf_counter()
     check_device(device)
+    resolve_protocol(calib_protocol, "encoder")  # a bad name fails before any work
     calib_texts = load_texts(calib, "calib")
     path, kind = stream_source(model)
+    protocol = resolve_protocol(calib_protocol, kind)
     torch_dtype = model_dtype(dtype)
     skeleton = empty_model(path, kind, torch_dtype)
     source = SafetensorsSource(path)
@@ -196,13 +199,13 @@ def stream_model(
         announce(estimate)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     batches = calibration(tokenizer, calib, samples, seqlen, batch_size, seed,
-                          max_positions(skeleton), texts=calib_texts)
+                          max_positions(skeleton), texts=calib_texts, protocol=protocol)
     n_blocks = len(adapter.block_list(skeleton)[1])
     settings = {"model": str(Path(path).resolve()), "files": source.nbytes(),
                 "method": plan.method, "pattern": str(plan.pattern), "config": json.loads(
                     json.dumps(dataclasses.asdict(plan.config), default=str)), "calib": calib,
                 "samples": samples, "seqlen": seqlen, "batch_size": batch_size, "seed": seed,
-                "dtype": dtype, "skip": list(skip), "format": fmt,
+                "protocol": protocol, "dtype": dtype, "skip": list(skip), "format": fmt,
                 "tensor_format": tensor_format}  # to resume
     work = WorkDir(out)
     main = group is None or group.is_main
@@ -219,7 +222,7 @@ def stream_model(
         skeleton, adapter, batches,
         lambda name, layer: cls(layer, pattern_of(name), cfg, name), job, progress, group)
     t2 = time.perf_counter()
-    info = calibration_info(calib, samples, seqlen, seed)
+    info = calibration_info(calib, samples, seqlen, seed, protocol, batches)
     if group is not None:
         info["processes"] = group.world
     report = PruneReport(

@@ -1,0 +1,196 @@
+"""all-MiniLM-L6-v2 pruned by prunekit and by llm-compressor from the same calibration tokens,
+judged on held-out text of other domains: the side-by-side table of docs/one-shot-pruning.md.
+
+    python benchmarks/minilm_llmcompressor.py [--calib stdlib] [--samples 128] [--seqlen 128]
+        [--patterns 0.5 2:4] [--methods sparsegpt wanda] [--only prunekit|llmcompressor]
+        [--out docs/experiments/minilm_llmcompressor]
+
+Calibration: ``--samples`` sequences of at most ``--seqlen`` tokens of ``--calib`` (seed 0),
+made by each of prunekit's protocols: ``windows`` (random windows of the token stream, each
+``[CLS] … [SEP]``) and ``documents`` (one document per sequence, padded; padding left out of
+every statistic). llm-compressor 0.14.0.1 (in its own virtual environment, created by
+``benchmarks/llmcompressor_oneshot.py``) gets the very same token sequences, unpadded, one at a
+time. Evaluation, the same for both tools: mean cosine between the dense and the pruned model's
+sentence embeddings of 200 held-out passages of ``wiki`` and of ``bbc`` (the calibration's own
+source is never among them), and the accuracy of a linear probe on the BBC News topics (the
+``--eval-task bbc`` of prunekit).
+
+Rows: llm-compressor SparseGPT / Wanda per protocol; prunekit per protocol and per
+``--sequential`` mode (block, true) for each method. Time: ``prune s`` is the pruning alone (the
+model loaded and the tokens ready: llm-compressor's ``oneshot`` call; prunekit's sequential
+run); ``cli s`` is the wall time of the whole ``prunekit prune minilm ...`` command with its
+defaults and ``--no-eval`` (load, tokenise, prune), one per pattern. Records every row in
+``{--out}.json`` (with the command) and a table in ``{--out}.md``; rows already recorded are
+kept (``--force`` measures them again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from prunekit.data.calibration import calibration
+from prunekit.eval.protocol import prepare_evaluation, prepare_task
+from prunekit.formats.load import load_model
+from prunekit.models.loaders import minilm_path
+from prunekit.plan import make_plan
+from prunekit.run import calibration_info, run_one
+
+ROOT = Path(__file__).resolve().parent.parent
+LLMC = ROOT / "benchmarks" / "llmcompressor_oneshot.py"
+
+
+def token_file(batches: list[dict[str, torch.Tensor]], path: Path) -> None:
+    """The calibration sequences as llm-compressor's runner reads them: ids padded, lengths."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+    ids, lengths = [], []
+    for b in batches:
+        for row, mask in zip(b["input_ids"], b["attention_mask"]):
+            n = int(mask.sum())
+            ids.append(torch.nn.functional.pad(row[:n], (0, width - n)))
+            lengths.append(n)
+    save_file({"input_ids": torch.stack(ids), "lengths": torch.tensor(lengths)}, str(path))
+
+
+def llmcompressor_weights(method: str, pattern: str, calib: Path, out: Path) -> tuple[dict, dict]:
+    cmd = [sys.executable, str(LLMC), "--kind", "encoder", "--model", str(minilm_path()),
+           "--calib", str(calib), "--method", method, "--pattern", pattern, "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"llm-compressor failed:\n{proc.stderr[-3000:]}")
+    return load_file(str(out)), json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cli_seconds(pattern: str, args: argparse.Namespace) -> float:
+    """Wall time of the whole prunekit command with its defaults (no evaluation)."""
+    cmd = [sys.executable, "-m", "prunekit", "prune", "minilm", "--method", "sparsegpt",
+           "--pattern", pattern, "--calib", args.calib, "--samples", str(args.samples),
+           "--seqlen", str(args.seqlen), "--no-eval", "--quiet"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calib", default="stdlib")
+    ap.add_argument("--samples", type=int, default=128)
+    ap.add_argument("--seqlen", type=int, default=128)
+    ap.add_argument("--patterns", nargs="+", default=["0.5", "2:4"])
+    ap.add_argument("--methods", nargs="+", default=["sparsegpt", "wanda"])
+    ap.add_argument("--protocols", nargs="+", default=["windows", "documents"])
+    ap.add_argument("--sequential", nargs="+", default=["block", "true"])
+    ap.add_argument("--only", choices=("prunekit", "llmcompressor", "cli"))
+    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "experiments" / "minilm_llmcompressor"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record_file = out.with_suffix(".json")
+    record = json.loads(record_file.read_text()) if record_file.exists() else {"rows": {}}
+    record["protocol"] = {
+        "calib": args.calib, "samples": args.samples, "seqlen": args.seqlen, "seed": 0,
+        "evaluation": "mean cosine of dense vs pruned sentence embeddings, 200 held-out passages "
+                      "of wiki and of bbc; linear-probe accuracy on BBC News topics",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch "
+                   f"{torch.__version__}, {torch.get_num_threads()} threads"}
+    command = shlex.join(["python", "benchmarks/minilm_llmcompressor.py", *sys.argv[1:]])
+
+    def save() -> None:
+        record_file.write_text(json.dumps(record, indent=1) + "\n")
+        out.with_suffix(".md").write_text(markdown(record))
+
+    loaded = load_model("minilm", torch.float32)
+    evals = {src: prepare_evaluation(loaded, src, 128, "cpu") for src in ("wiki", "bbc")}
+    probe = prepare_task(loaded, "bbc", "cpu")
+
+    def measure(model) -> dict:
+        got = {f"cosine_{s}": round(f(model)["cosine"], 4) for s, f in evals.items()}
+        return {**got, "bbc_probe": round(probe(model)["probe_accuracy"], 4)}
+
+    record["dense"] = {"bbc_probe": round(probe(loaded.model)["dense_probe_accuracy"], 4)}
+    for protocol in args.protocols:
+        batches = calibration(loaded.tokenizer, args.calib, args.samples, args.seqlen, 8, 0,
+                              512, protocol=protocol)
+        info = calibration_info(args.calib, args.samples, args.seqlen, 0, protocol, batches)
+        for method in args.methods:
+            for pattern in args.patterns:
+                if args.only in (None, "llmcompressor"):
+                    key = f"llm-compressor {method} {pattern} / {protocol}"
+                    if key not in record["rows"] or args.force:
+                        with tempfile.TemporaryDirectory() as tmp:
+                            token_file(batches, Path(tmp) / "calib.safetensors")
+                            weights, meta = llmcompressor_weights(
+                                method, pattern, Path(tmp) / "calib.safetensors",
+                                Path(tmp) / "w.safetensors")
+                        model = copy.deepcopy(loaded.model)
+                        with torch.no_grad():
+                            for name, w in weights.items():
+                                model.get_submodule(name).weight.copy_(w)
+                        record["rows"][key] = {**measure(model), "prune_s": meta["seconds"],
+                                               "sparsity": meta["sparsity"],
+                                               "tokens": info["tokens"], "command": command,
+                                               "version": meta["llmcompressor"]}
+                        print(key, record["rows"][key], flush=True)
+                        save()
+                if args.only in (None, "prunekit"):
+                    for seq in args.sequential:
+                        key = f"prunekit {method} {pattern} / {protocol} / {seq}"
+                        if key in record["rows"] and not args.force:
+                            continue
+                        plan = make_plan(method, pattern, {"sequential": seq}, kind="prune")
+                        work = copy.deepcopy(loaded)
+                        report = run_one(work, plan, batches, calibration_info=info,
+                                         measure=measure)
+                        record["rows"][key] = {**report.evaluation,
+                                               "prune_s": round(report.seconds["prune"], 1),
+                                               "sparsity": round(report.target_sparsity, 4),
+                                               "tokens": info["tokens"], "command": command}
+                        print(key, record["rows"][key], flush=True)
+                        save()
+    if args.only in (None, "cli"):
+        for pattern in args.patterns:
+            key = f"cli sparsegpt {pattern}"
+            if key not in record["rows"] or args.force:
+                record["rows"][key] = {"cli_s": round(cli_seconds(pattern, args), 1),
+                                       "command": command}
+                print(key, record["rows"][key], flush=True)
+                save()
+    save()
+
+
+def markdown(record: dict) -> str:
+    p = record["protocol"]
+    lines = ["# all-MiniLM-L6-v2: prunekit and llm-compressor on the same calibration tokens", "",
+             f"Generated by `benchmarks/minilm_llmcompressor.py` ({p['samples']} sequences of at "
+             f"most {p['seqlen']} tokens of `{p['calib']}`, seed 0; {p['evaluation']}; "
+             f"{p['machine']}). Dense BBC probe accuracy: "
+             f"{record.get('dense', {}).get('bbc_probe', '–')}.", "",
+             "| run | tokens | sparsity | cosine wiki | cosine bbc | BBC probe | prune s |",
+             "|---|---|---|---|---|---|---|"]
+    for key, r in record["rows"].items():
+        if key.startswith("cli "):
+            continue
+        lines.append(f"| {key} | {r['tokens']} | {r['sparsity']:.3f} | {r['cosine_wiki']:.4f} | "
+                     f"{r['cosine_bbc']:.4f} | {r['bbc_probe']:.4f} | {r['prune_s']} |")
+    cli = [(k, r) for k, r in record["rows"].items() if k.startswith("cli ")]
+    if cli:
+        lines += ["", "Whole `prunekit prune minilm --method sparsegpt --no-eval` command, wall "
+                  "seconds: " + ", ".join(f"{k.split()[-1]}: {r['cli_s']}" for k, r in cli)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
