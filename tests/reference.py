@@ -95,3 +95,34 @@ def naive_gptq(W: Tensor, H: Tensor, spec, rel_damp: float, keep: Tensor | None 
         W[:, F] -= ((w - q) / Hi[0, 0])[:, None] * Hi[0, :][None, :]
         W[:, j] = q
     return W
+
+
+def masked_least_squares(W: Tensor, H: Tensor, mask: Tensor) -> Tensor:
+    """Each row's kept weights solving min (ŵ − w)ᵀ H (ŵ − w) with ŵ = 0 off the mask, by a
+    direct solve of H_SS ŵ_S = (H w)_S row by row (float64)."""
+    out = torch.zeros_like(W)
+    for r in range(W.shape[0]):
+        S = mask[r].nonzero().flatten()
+        out[r, S] = torch.linalg.solve(H[S][:, S], (H @ W[r])[S])
+    return out
+
+
+def best_nm_support(W: Tensor, H: Tensor, n: int, m: int) -> float:
+    """The lowest layer objective tr((Ŵ − W) H (Ŵ − W)ᵀ) over every N:M support (each row
+    independently, every choice of its groups enumerated): the exact optimum of a tiny layer."""
+    import itertools
+
+    groups = W.shape[1] // m
+    choices = list(itertools.combinations(range(m), n))
+    best = 0.0
+    for r in range(W.shape[0]):
+        row_best = float("inf")
+        for pick in itertools.product(choices, repeat=groups):
+            mask = torch.zeros(1, W.shape[1], dtype=torch.bool)
+            for g, keep in enumerate(pick):
+                mask[0, [g * m + k for k in keep]] = True
+            w = masked_least_squares(W[r:r + 1], H, mask)
+            d = w - W[r:r + 1]
+            row_best = min(row_best, float((d @ H * d).sum()))
+        best += row_best
+    return best

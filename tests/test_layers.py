@@ -19,7 +19,7 @@ SRC = Path(prunekit.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     # 0: leaves: pure maths, data, evaluation and model adapters
     ("prunekit._version", "prunekit.errors", "prunekit.files", "prunekit.patterns",
-     "prunekit.masks", "prunekit.hessian", "prunekit.obs", "prunekit.curvature", "prunekit.quant",
+     "prunekit.masks", "prunekit.allocation", "prunekit.hessian", "prunekit.obs", "prunekit.curvature", "prunekit.quant",
      "prunekit.data", "prunekit.eval", "prunekit.models", "prunekit.analysis",
      "prunekit.analysis.kernels", "prunekit.analysis.ntk", "prunekit.analysis.masks"),
     # 1: the methods (layer-wise, whole-network, quantizers), checkpoint formats, training

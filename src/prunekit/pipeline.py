@@ -160,6 +160,47 @@ def block_outputs(block: nn.Module, inputs: Iterable[BlockInput]) -> Iterator[Te
             yield _block_output(block(*args, **kwargs))
 
 
+def input_norms(
+    model: nn.Module, adapter: ModelAdapter, batches: Iterable[dict[str, Tensor]],
+    device: torch.device | str = "cpu",
+) -> dict[str, Tensor]:
+    """{target name: ‖X_j‖₂ of each input column over the calibration tokens} of the dense
+    model (padding left out), block by block as the pipeline runs it: what OWL's outlier
+    ratios need before any block is pruned."""
+    device = torch.device(device)
+    list_name, blocks = adapter.block_list(model)
+    masks: list[Tensor | None] = []
+    inputs = capture_block_inputs(model, adapter, batches, device, _device_of(model),
+                                  lambda batch: masks.append(token_mask(batch)))
+    sums: dict[str, Tensor] = {}
+    current: list[Tensor | None] = [None]
+
+    def add(name: str) -> Callable:
+        def hook(_module: nn.Module, args: tuple) -> None:
+            x = args[0] if current[0] is None else args[0][current[0].to(args[0].device)]
+            x = x.detach().reshape(-1, x.shape[-1]).double()
+            sums[name] = sums.get(name, 0) + x.pow(2).sum(0).cpu()
+        return hook
+
+    for i, block in enumerate(blocks):
+        home = _device_of(block)
+        block.to(device)
+        handles = [layer.register_forward_pre_hook(add(name)) for name, layer
+                   in adapter.targets(block, f"{list_name}.{i}").items()]
+        outputs = []
+        try:
+            with torch.no_grad():
+                for (args, kwargs), mask in zip(inputs, masks):
+                    current[0] = mask
+                    outputs.append(_block_output(block(*args, **kwargs)))
+        finally:
+            for h in handles:
+                h.remove()
+            block.to(home)
+        inputs = [_with_hidden(a, k, out) for (a, k), out in zip(inputs, outputs)]
+    return {name: s.sqrt().float() for name, s in sums.items()}
+
+
 def run_block(block: nn.Module, inputs: Sequence[BlockInput]) -> list[BlockInput]:
     """Run ``block`` on every recorded input; return the inputs of the next block."""
     return [_with_hidden(args, kwargs, out)

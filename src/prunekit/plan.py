@@ -217,6 +217,10 @@ def make_plan(method: str, pattern: str | float | Pattern | None = None,
         config = make_config(method, config)
     if pattern is not None:
         check_scope(method, pattern)
+    if getattr(config, "allocation", "uniform") == "owl" and not (
+            isinstance(pattern, Unstructured) and pattern.scope != "global"):
+        raise UsageError(f"--allocation owl shares an unstructured sparsity among blocks, not "
+                         f"{pattern}: give a sparsity such as 0.5 (row or layer scope)")
     if getattr(config, "sequential", "block") == "true" and not getattr(
             get_method(method), "supports_true_sequential", True):
         raise UsageError(f"--sequential true: {method} needs each block's statistics at once; "

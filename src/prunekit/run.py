@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,23 +17,26 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from .allocation import outlier_ratio, owl_sparsities, wanda_scores
 from .data import load_texts
 from .data.calibration import calibration, check_seqlen, resolve_protocol
-from .errors import DataError
+from .errors import DataError, UsageError
 from .eval.protocol import check_task, evaluation_texts, prepare_evaluation, prepare_task
 from .formats.load import load_model
-from .methods.base import LayerCompressor, LayerResult, MethodConfig
+from .methods.base import LayerCompressor, LayerResult, MethodConfig, weight_matrix
 from .methods.movement_base import base_weights, load_base
 from .models.adapter import HFAdapter, max_positions
 from .models.loaders import LoadedModel
-from .patterns import Pattern
-from .pipeline import Progress, run_sequential
+from .patterns import Pattern, Unstructured
+from .pipeline import Progress, input_norms, run_sequential
 from .plan import Plan, base_source, check_device, layer_patterns, make_plan, model_dtype
 from .preflight import preflight
 from .report import PruneReport
 
 if TYPE_CHECKING:
     from .distributed import Group
+
+log = logging.getLogger(__name__)
 
 Base = LoadedModel | nn.Module | Mapping[str, torch.Tensor]
 
@@ -54,6 +58,11 @@ def execute(
     adapter = HFAdapter(skip=tuple(skip))
     score = None if base is None else (lambda name, W: cls.scores(W, base[name], config))
     pattern_of = layer_patterns(plan.pattern, adapter.all_targets(model), score)
+    if getattr(config, "allocation", "uniform") == "owl":
+        if group is not None:
+            raise UsageError("--allocation owl needs the activations of every calibration "
+                             "batch in one process: run it without torchrun")
+        pattern_of = owl_patterns(model, adapter, batches, plan.pattern, config, device)
 
     def make(name: str, layer: nn.Module) -> LayerCompressor:
         if base is None:
@@ -62,6 +71,25 @@ def execute(
 
     return run_sequential(model, adapter, batches, make, device=device, progress=progress,
                           group=group, true_sequential=config.sequential == "true")
+
+
+def owl_patterns(model: nn.Module, adapter: HFAdapter, batches: Sequence[dict[str, Tensor]],
+                 pattern: Unstructured, config: MethodConfig,
+                 device: str | torch.device) -> Callable[[str], Pattern]:
+    """Each target layer's pattern under OWL (:mod:`prunekit.allocation`): its block's
+    sparsity, chosen from the dense model's outlier ratios on the calibration ``batches``."""
+    norms = input_norms(model, adapter, batches, device)
+    list_name, blocks = adapter.block_list(model)
+    by_block = [adapter.targets(block, f"{list_name}.{i}") for i, block in enumerate(blocks)]
+    ratios = [outlier_ratio([wanda_scores(weight_matrix(layer).detach(), norms[name])
+                             for name, layer in targets.items()], config.owl_m)
+              for targets in by_block]
+    sparsities = owl_sparsities(ratios, pattern.sparsity, config.owl_lambda)
+    log.info("OWL: outlier ratios %s -> block sparsities %s",
+             [round(r, 4) for r in ratios], [round(s, 4) for s in sparsities])
+    per_layer = {name: Unstructured(s, pattern.scope)
+                 for targets, s in zip(by_block, sparsities) for name in targets}
+    return per_layer.__getitem__
 
 
 def prune_model(

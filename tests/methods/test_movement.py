@@ -312,6 +312,7 @@ def test_api_prune_with_a_base_spec(checkpoints):
                                     samples=4, seqlen=16, batch_size=2, evaluate=False)
     assert report.config == {"hessian_dtype": "float32", "score": "first-order", "quant": None,
                              "quant_method": "gptq", "sequential": "block",
+                             "allocation": "uniform", "owl_lambda": 0.08, "owl_m": 5.0,
                              "base": str(checkpoints["base"])}
     assert report.pattern == "50% unstructured (layer)"
     assert report.target_sparsity == pytest.approx(0.5)

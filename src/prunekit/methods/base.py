@@ -25,6 +25,8 @@ from ..quant.grid import QuantizedWeight, QuantSpec
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: --sequential: how the layers inside a block are calibrated (see prunekit.pipeline)
 SEQUENTIAL = ("block", "true")
+#: --allocation: how a sparsity is shared among blocks (see prunekit.allocation)
+ALLOCATIONS = ("uniform", "owl")
 
 
 #: {name: method class}; filled by :func:`register`, read through
@@ -80,6 +82,14 @@ class MethodConfig:
                               "the outputs of the stages already compressed before it (GPTQ's "
                               "--true-sequential); 'block': every layer on the dense block "
                               "(default: block)", choices=SEQUENTIAL)
+    allocation: str = setting("uniform", "--allocation", "sparsity across blocks at the same "
+                              "total: 'uniform', or 'owl' (Yin et al. 2024: blocks with more "
+                              "outlier weights |W|·‖x‖ keep more; unstructured patterns only; "
+                              "default: uniform)", choices=ALLOCATIONS)
+    owl_lambda: float = setting(0.08, "--owl-lambda", "OWL: block sparsities spread over "
+                                "target ± λ (default 0.08)", type="nonnegative")
+    owl_m: float = setting(5.0, "--owl-m", "OWL: a weight is an outlier above M times its "
+                           "block's mean score (default 5)", type="nonnegative")
 
     def __post_init__(self) -> None:
         if self.hessian_dtype not in DTYPES:
@@ -93,6 +103,12 @@ class MethodConfig:
         if group is not None and group % blocksize and blocksize % group:
             raise UsageError(f"--group {group} and --blocksize {blocksize}: one must divide the "
                              f"other (e.g. --group 128, or --blocksize {group})")
+        if self.allocation not in ALLOCATIONS:
+            raise UsageError(f"--allocation {self.allocation!r}: use one of "
+                             f"{', '.join(ALLOCATIONS)}")
+        if not (self.owl_m > 0 and 0 <= self.owl_lambda < 0.5):
+            raise UsageError(f"--owl-m {self.owl_m} must be > 0 and --owl-lambda "
+                             f"{self.owl_lambda} in [0, 0.5), e.g. --owl-m 5 --owl-lambda 0.08")
         if self.sequential not in SEQUENTIAL:
             raise UsageError(f"--sequential {self.sequential!r}: use one of "
                              f"{', '.join(SEQUENTIAL)}")
