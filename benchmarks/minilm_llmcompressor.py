@@ -18,8 +18,10 @@ source is never among them), and the accuracy of a linear probe on the BBC News 
 Rows: llm-compressor SparseGPT / Wanda per protocol; prunekit per protocol and per
 ``--sequential`` mode (block, true) for each method. Time: ``prune s`` is the pruning alone (the
 model loaded and the tokens ready: llm-compressor's ``oneshot`` call; prunekit's sequential
-run); ``cli s`` is the wall time of the whole ``prunekit prune minilm ...`` command with its
-defaults and ``--no-eval`` (load, tokenise, prune), one per pattern. Records every row in
+run), measured beside other work; ``--only timing`` measures, with nothing else running,
+llm-compressor's ``oneshot`` call against the whole ``prunekit prune minilm ...`` command
+(load, tokenise, prune; ``--no-eval``) of each of ``--methods``, medians of ``--repeats``
+interleaved runs. Records every row in
 ``{--out}.json`` (with the command) and a table in ``{--out}.md``; rows already recorded are
 kept (``--force`` measures them again).
 """
@@ -32,6 +34,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,9 +76,9 @@ def llmcompressor_weights(method: str, pattern: str, calib: Path, out: Path) -> 
     return load_file(str(out)), json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cli_seconds(pattern: str, args: argparse.Namespace) -> float:
+def cli_seconds(method: str, pattern: str, args: argparse.Namespace) -> float:
     """Wall time of the whole prunekit command with its defaults (no evaluation)."""
-    cmd = [sys.executable, "-m", "prunekit", "prune", "minilm", "--method", "sparsegpt",
+    cmd = [sys.executable, "-m", "prunekit", "prune", "minilm", "--method", method,
            "--pattern", pattern, "--calib", args.calib, "--samples", str(args.samples),
            "--seqlen", str(args.seqlen), "--no-eval", "--quiet"]
     t0 = time.perf_counter()
@@ -92,7 +95,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["sparsegpt", "wanda"])
     ap.add_argument("--protocols", nargs="+", default=["windows", "documents"])
     ap.add_argument("--sequential", nargs="+", default=["block", "true"])
-    ap.add_argument("--only", choices=("prunekit", "llmcompressor", "cli"))
+    ap.add_argument("--only", choices=("prunekit", "llmcompressor", "timing"))
+    ap.add_argument("--repeats", type=int, default=3, help="timing: interleaved runs of each")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "docs" / "experiments" / "minilm_llmcompressor"))
     args = ap.parse_args()
@@ -160,15 +164,33 @@ def main() -> None:
                                                "tokens": info["tokens"], "command": command}
                         print(key, record["rows"][key], flush=True)
                         save()
-    if args.only in (None, "cli"):
-        for pattern in args.patterns:
-            key = f"cli sparsegpt {pattern}"
-            if key not in record["rows"] or args.force:
-                record["rows"][key] = {"cli_s": round(cli_seconds(pattern, args), 1),
-                                       "command": command}
-                print(key, record["rows"][key], flush=True)
-                save()
+    if args.only in (None, "timing"):
+        timing(args, loaded, record, command)
     save()
+
+
+def timing(args: argparse.Namespace, loaded, record: dict, command: str) -> None:
+    """Medians of ``--repeats`` interleaved runs: llm-compressor's ``oneshot`` call alone
+    (SparseGPT, the same token windows the CLI's default protocol draws) against the whole
+    ``prunekit prune`` command of each method, nothing else running."""
+    batches = calibration(loaded.tokenizer, args.calib, args.samples, args.seqlen, 8, 0, 512)
+    for pattern in args.patterns:
+        times: dict[str, list[float]] = {}
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                token_file(batches, Path(tmp) / "calib.safetensors")
+                _, meta = llmcompressor_weights("sparsegpt", pattern,
+                                                Path(tmp) / "calib.safetensors",
+                                                Path(tmp) / "w.safetensors")
+            times.setdefault("llm-compressor sparsegpt oneshot", []).append(meta["seconds"])
+            for method in args.methods:
+                times.setdefault(f"prunekit prune --method {method} (whole command)",
+                                 []).append(cli_seconds(method, pattern, args))
+        record.setdefault("timing", {})[pattern] = {
+            k: {"median_s": round(statistics.median(v), 1), "runs": [round(t, 1) for t in v]}
+            for k, v in times.items()}
+        record["timing_command"] = command
+        print(pattern, record["timing"][pattern], flush=True)
 
 
 def markdown(record: dict) -> str:
@@ -181,14 +203,15 @@ def markdown(record: dict) -> str:
              "| run | tokens | sparsity | cosine wiki | cosine bbc | BBC probe | prune s |",
              "|---|---|---|---|---|---|---|"]
     for key, r in record["rows"].items():
-        if key.startswith("cli "):
-            continue
         lines.append(f"| {key} | {r['tokens']} | {r['sparsity']:.3f} | {r['cosine_wiki']:.4f} | "
                      f"{r['cosine_bbc']:.4f} | {r['bbc_probe']:.4f} | {r['prune_s']} |")
-    cli = [(k, r) for k, r in record["rows"].items() if k.startswith("cli ")]
-    if cli:
-        lines += ["", "Whole `prunekit prune minilm --method sparsegpt --no-eval` command, wall "
-                  "seconds: " + ", ".join(f"{k.split()[-1]}: {r['cli_s']}" for k, r in cli)]
+    if record.get("timing"):
+        lines += ["", "Time (the machine otherwise idle; medians of interleaved runs, "
+                  f"`{record['timing_command']}`):", "", "| pattern | run | median s | runs |",
+                  "|---|---|---|---|"]
+        for pattern, rows in record["timing"].items():
+            lines += [f"| {pattern} | {k} | {r['median_s']} | {r['runs']} |"
+                      for k, r in rows.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,8 @@
 """One-shot pruning of a real language model: SmolLM2-135M-Instruct (the built-in ``smollm2``)
-pruned by magnitude, Wanda and SparseGPT at 50 / 60 / 70 %, 2:4 and 4:8, and SparseGPT 50 % and
-2:4 with int4 (groups of 64; joint), judged by perplexity on two held-out sources; beside each row, the same
-recipe run by llm-compressor on the very same calibration windows.
+pruned by magnitude, Wanda and SparseGPT at 50 / 60 / 70 %, 2:4 and 4:8, ADMM (``admm``) at 50 %
+and 2:4, and SparseGPT 50 % and 2:4 with int4 (groups of 64; joint), judged by perplexity on two
+held-out sources; beside each row, the same recipe run by llm-compressor on the very same
+calibration windows (where it has one).
 
     python experiments/smollm2_oneshot.py [--rows ROW,ROW|all] [--samples 128] [--seqlen 512]
         [--eval-windows 32] [--llmcompressor VENV] [--device cpu|cuda] [--inputs FILE]
@@ -56,6 +57,10 @@ from prunekit.run import calibration_info, copy_model, run_one
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("wiki", "stdlib")  # the held-out streams, in the table's order
+#: Rows llm-compressor has no recipe for (compare with its SparseGPT row of the same pattern)
+UNAVAILABLE = {"magnitude": "no one-shot magnitude pruning in llm-compressor "
+                            "(benchmarks/llmcompressor_oneshot.py)",
+               "admm": "no ADMM refinement in llm-compressor: compare with its SparseGPT row"}
 
 
 def rows() -> dict[str, tuple[str | None, object, dict]]:
@@ -69,6 +74,8 @@ def rows() -> dict[str, tuple[str | None, object, dict]]:
             out[f"{m}-{p}"] = (m, pattern, {})
     # groups of 64: SmolLM2's 576 input columns are not a multiple of 128, which llm-compressor
     # refuses ("columns % group_size == 0")
+    for p in ("0.5", "2:4"):  # SparseGPT refined by ADMM: prunekit only
+        out[f"admm-{p}"] = ("admm", NM(2, 4) if p == "2:4" else float(p), {})
     out["sparsegpt-0.5+int4"] = ("sparsegpt", 0.5, {"quant": QuantSpec(4, 64)})
     out["sparsegpt-2:4+int4"] = ("sparsegpt", NM(2, 4), {"quant": QuantSpec(4, 64)})
     return out
@@ -169,8 +176,9 @@ def table(record: dict, name: str) -> str:
             f" Calibration: {p['calibration']}. Perplexity: {p['perplexity']}. {p['machine']}. "
             "SmolLM2's linear weights were shipped 4-bit (Q4_1): int4 rows are optimistic. "
             "Rows run one at a time; `–`: not measured yet; `n/a`: llm-compressor has no "
-            "one-shot magnitude pruning (its MagnitudePruningModifier is a training schedule "
-            "and leaves the weights dense under `oneshot`).\n\n" + head + "\n".join(lines) + "\n"
+            "such recipe: no one-shot magnitude pruning (its MagnitudePruningModifier is a "
+            "training schedule and leaves the weights dense under `oneshot`), no ADMM "
+            "(compare with its SparseGPT row of the same pattern).\n\n" + head + "\n".join(lines) + "\n"
             + ("\nNotes:\n" + "\n".join(notes) + "\n" if notes else ""))
 
 
@@ -253,9 +261,8 @@ def main() -> None:
                      "ppl": ppl(loaded.model, windows, args.device)}
                 del loaded
             record["rows"][row] = r
-        if args.llmcompressor and method == "magnitude" and "llmcompressor" not in r:
-            r["llmcompressor"] = {"unavailable": "no one-shot magnitude pruning in "
-                                  "llm-compressor (benchmarks/llmcompressor_oneshot.py)"}
+        if args.llmcompressor and method in UNAVAILABLE and "llmcompressor" not in r:
+            r["llmcompressor"] = {"unavailable": UNAVAILABLE[method]}
         if args.llmcompressor and method is not None and "llmcompressor" not in r:
             lc = run_llmcompressor(args.llmcompressor, folder, calib_file, row,
                                    (method, pattern, settings), work)

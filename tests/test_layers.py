@@ -19,7 +19,8 @@ SRC = Path(prunekit.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     # 0: leaves: pure maths, data, evaluation and model adapters
     ("prunekit._version", "prunekit.errors", "prunekit.files", "prunekit.patterns",
-     "prunekit.masks", "prunekit.allocation", "prunekit.hessian", "prunekit.obs", "prunekit.curvature", "prunekit.quant",
+     "prunekit.masks", "prunekit.allocation", "prunekit.hessian", "prunekit.obs",
+     "prunekit.curvature", "prunekit.quant",
      "prunekit.data", "prunekit.eval", "prunekit.models", "prunekit.analysis",
      "prunekit.analysis.kernels", "prunekit.analysis.ntk", "prunekit.analysis.masks"),
     # 1: the methods (layer-wise, whole-network, quantizers), checkpoint formats, training
@@ -32,8 +33,8 @@ LAYERS: list[tuple[str, ...]] = [
      "prunekit.analysis.classifiers", "prunekit.analysis.study"),
     # 4: the public face
     ("prunekit.api", "prunekit"),
-    # 5: the command line
-    ("prunekit.cli",),
+    # 5: the command line (and ``python -m prunekit``)
+    ("prunekit.cli", "prunekit.__main__"),
 ]
 
 

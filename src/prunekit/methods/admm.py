@@ -14,8 +14,8 @@ Splitting Ŵ = D (D on the pattern), scaled dual U, penalty ρ (Boyd et al. 2011
     U ← U + Ŵ − D
 
 ρ starts at ``rho`` · mean(diag H) and grows by ``growth`` every ``every`` iterations, so the
-support moves early and freezes late. H is damped as in SparseGPT (λ = rel_damp · mean diag);
-one eigendecomposition H = QΛQᵀ serves every ρ: (H + ρI)⁻¹ = Q (Λ + ρI)⁻¹ Qᵀ.
+support moves early and freezes late; each step of ρ costs one Cholesky inverse of H + ρI, each
+iteration one product with it. H is damped as in SparseGPT (λ = rel_damp · mean diag).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def masked_refit(W: Tensor, H: Tensor, mask: Tensor, start: Tensor, iters: int =
 
 
 def admm_prune(W: Tensor, H: Tensor, pattern: Pattern, start: Tensor, rho: float = 0.1,
-               growth: float = 1.5, every: int = 3, iters: int = 20, cg_iters: int = 20,
+               growth: float = 2.0, every: int = 4, iters: int = 20, cg_iters: int = 10,
                rel_damp: float = 0.01, name: str = "layer") -> tuple[Tensor, Damping, dict]:
     """Prune W (out, in) to ``pattern`` by ADMM from ``start`` (SparseGPT's result, which
     fixes the first support), then refit the kept weights exactly; returns (Ŵ, damping,
@@ -78,15 +78,16 @@ def admm_prune(W: Tensor, H: Tensor, pattern: Pattern, start: Tensor, rho: float
     torch.diagonal(Hd).add_(damping.absolute)
     h = float(torch.diagonal(Hd).mean())
     WH = W @ Hd
-    lam, Q = torch.linalg.eigh(Hd)  # (H + ρI)⁻¹ = Q diag(1/(λ + ρ)) Qᵀ for every ρ
-    WHQ = WH @ Q
     D = start.clone()
     D[:, dead] = 0.0
     mask0 = D != 0
     U = torch.zeros_like(W)
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     for t in range(iters):
-        r = rho * h * growth ** (t / every)
-        W_hat = ((WHQ + r * ((D - U) @ Q)) / (lam + r)) @ Q.T
+        if t % every == 0:  # the penalty steps up: one Cholesky inverse of H + ρI per step
+            r = rho * h * growth ** (t // every)
+            inv = torch.cholesky_inverse(torch.linalg.cholesky(Hd + r * eye))
+        W_hat = (WH + r * (D - U)) @ inv
         V = W_hat + U
         mask = pattern_mask(V.abs(), pattern)
         mask[:, dead] = False
