@@ -107,6 +107,19 @@ def token_mask(batch: dict[str, Tensor]) -> Tensor | None:
     return mask.bool()
 
 
+def real_tokens(x: Tensor, mask: Tensor | None, name: str) -> Tensor:
+    """x (batch, tokens, features) without its padding tokens (n real, features); x itself
+    when ``mask`` is None. ``name``: the layer, for the error."""
+    if mask is None:
+        return x
+    if tuple(x.shape[:2]) != tuple(mask.shape):
+        raise ModelError(
+            f"{name}: input of shape {tuple(x.shape)} does not start with the batch's (batch, "
+            f"tokens) {tuple(mask.shape)}: padding cannot be left out; calibrate without "
+            "padding (--calib-protocol windows)")
+    return x[mask.to(x.device)]
+
+
 class _Feeder:
     """Feeds every compressor its layer's inputs through forward hooks.
 
@@ -122,16 +135,6 @@ class _Feeder:
         self.leader: dict[int, LayerCompressor] = {}
         self.mask: Tensor | None = None
 
-    def real_tokens(self, comp: LayerCompressor, x: Tensor) -> Tensor:
-        """x (batch, tokens, features) without its padding tokens: (n real, features)."""
-        if self.mask is None:
-            return x
-        if tuple(x.shape[:2]) != tuple(self.mask.shape):
-            raise ModelError(
-                f"{comp.layer_name}: input of shape {tuple(x.shape)} does not start with the "
-                f"batch's (batch, tokens) {tuple(self.mask.shape)}: padding cannot be left "
-                "out; calibrate without padding (--calib-protocol windows)")
-        return x[self.mask.to(x.device)]
 
     def hook(self, comp: LayerCompressor) -> Callable:
         def feed(_module: nn.Module, inputs: tuple, _output: Any) -> None:
@@ -147,10 +150,29 @@ class _Feeder:
                         "batch but not on another: the block's forward is not deterministic"
                     )
                 return
-            comp.add_batch(self.real_tokens(comp, x))
+            comp.add_batch(real_tokens(x, self.mask, comp.layer_name))
             self.last_input, self.last = x, comp
 
         return feed
+
+
+class _Stop(Exception):
+    """Ends a partial forward of a block once the current stage's layers have been fed."""
+
+
+def _fed_outputs(block: nn.Module, inputs: Iterable[BlockInput],
+                 masks: Sequence[Tensor | None] | None,
+                 feeder: _Feeder) -> Iterator[Tensor | None]:
+    """Run ``block`` on each input with ``feeder.mask`` set to that input's token mask first;
+    yields the block's output, or None where a hook stopped the forward (:class:`_Stop`)."""
+    with torch.no_grad():
+        for i, (args, kwargs) in enumerate(inputs):
+            feeder.mask = masks[i] if masks is not None else None
+            try:
+                out = _block_output(block(*args, **kwargs))
+            except _Stop:
+                out = None
+            yield out
 
 
 def block_outputs(block: nn.Module, inputs: Iterable[BlockInput]) -> Iterator[Tensor]:
@@ -173,12 +195,12 @@ def input_norms(
     inputs = capture_block_inputs(model, adapter, batches, device, _device_of(model),
                                   lambda batch: masks.append(token_mask(batch)))
     sums: dict[str, Tensor] = {}
-    current: list[Tensor | None] = [None]
+    state = _Feeder()  # only its mask: set before each input
 
     def add(name: str) -> Callable:
         def hook(_module: nn.Module, args: tuple) -> None:
-            x = args[0] if current[0] is None else args[0][current[0].to(args[0].device)]
-            x = x.detach().reshape(-1, x.shape[-1]).double()
+            x = real_tokens(args[0].detach(), state.mask, name)
+            x = x.reshape(-1, x.shape[-1]).double()
             sums[name] = sums.get(name, 0) + x.pow(2).sum(0).cpu()
         return hook
 
@@ -187,12 +209,8 @@ def input_norms(
         block.to(device)
         handles = [layer.register_forward_pre_hook(add(name)) for name, layer
                    in adapter.targets(block, f"{list_name}.{i}").items()]
-        outputs = []
         try:
-            with torch.no_grad():
-                for (args, kwargs), mask in zip(inputs, masks):
-                    current[0] = mask
-                    outputs.append(_block_output(block(*args, **kwargs)))
+            outputs = list(_fed_outputs(block, inputs, masks, state))
         finally:
             for h in handles:
                 h.remove()
@@ -209,12 +227,10 @@ def run_block(block: nn.Module, inputs: Sequence[BlockInput]) -> list[BlockInput
 
 @contextlib.contextmanager
 def _feeding(
-    block: nn.Module, prefix: str, adapter: ModelAdapter,
-    make_compressor: Callable[[str, nn.Module], LayerCompressor],
+    layers: dict[str, nn.Module], make_compressor: Callable[[str, nn.Module], LayerCompressor],
 ) -> Iterator[tuple[dict[str, LayerCompressor], _Feeder]]:
-    """Compressors for the block's targets, fed by forward hooks while the context is open."""
-    compressors = {name: make_compressor(name, layer)
-                   for name, layer in adapter.targets(block, prefix).items()}
+    """Compressors for ``layers``, fed by forward hooks while the context is open."""
+    compressors = {name: make_compressor(name, layer) for name, layer in layers.items()}
     feeder = _Feeder()
     handles = [c.layer.register_forward_hook(feeder.hook(c)) for c in compressors.values()]
     try:
@@ -231,16 +247,10 @@ def gather_statistics(
 ) -> dict[str, LayerCompressor]:
     """Compressors for the block's targets, fed by one run of the block on ``inputs``;
     ``masks[i]`` (:func:`token_mask`) leaves input i's padding tokens out."""
-    with _feeding(block, prefix, adapter, make_compressor) as (compressors, feeder), \
-            torch.no_grad():
-        for i, (args, kwargs) in enumerate(inputs):
-            feeder.mask = masks[i] if masks is not None else None
-            block(*args, **kwargs)
+    with _feeding(adapter.targets(block, prefix), make_compressor) as (compressors, feeder):
+        for _ in _fed_outputs(block, inputs, masks, feeder):
+            pass
     return compressors
-
-
-class _Stop(Exception):
-    """Ends a partial forward of a block once the current stage's layers have been fed."""
 
 
 def call_stages(block: nn.Module, targets: dict[str, nn.Module],
@@ -279,25 +289,16 @@ def gather_stage(
 ) -> dict[str, LayerCompressor]:
     """Compressors for one stage's ``layers`` (in call order), fed by forwards of ``block``
     that stop right after the last of them has received its input."""
-    compressors = {name: make_compressor(name, layer) for name, layer in layers.items()}
-    feeder = _Feeder()
-    handles = [c.layer.register_forward_hook(feeder.hook(c)) for c in compressors.values()]
-
     def stop(*_: Any) -> None:
         raise _Stop
 
-    handles.append(list(layers.values())[-1].register_forward_hook(stop))
-    try:
-        with torch.no_grad():
-            for i, (args, kwargs) in enumerate(inputs):
-                feeder.mask = masks[i] if masks is not None else None
-                try:
-                    block(*args, **kwargs)
-                except _Stop:
-                    pass
-    finally:
-        for h in handles:
-            h.remove()
+    with _feeding(layers, make_compressor) as (compressors, feeder):
+        handle = list(layers.values())[-1].register_forward_hook(stop)  # after the feeder's
+        try:
+            for _ in _fed_outputs(block, inputs, masks, feeder):
+                pass
+        finally:
+            handle.remove()
     return compressors
 
 
@@ -379,8 +380,8 @@ def run_sequential(
         inputs = capture_block_inputs(model, adapter, batches, device, home,
                                       lambda batch: masks.append(token_mask(batch)))
     else:
-        with _feeding(blocks[0], f"{list_name}.0", adapter, make_compressor) as (compressors,
-                                                                              feeder):
+        with _feeding(adapter.targets(blocks[0], f"{list_name}.0"),
+                      make_compressor) as (compressors, feeder):
             inputs = capture_block_inputs(model, adapter, batches, device, home, on_batch)
     results: list[LayerResult] = []
     for i, block in enumerate(blocks):

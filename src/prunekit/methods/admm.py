@@ -131,7 +131,7 @@ class ADMM(SparseGPT):
         cfg = self.config
         start, _, _ = sparsegpt_prune(W, H, self.pattern, cfg.blocksize, cfg.rel_damp,
                                       name=self.layer_name)
-        W_new, damping, figures = admm_prune(W, H, self.pattern, start.clone(), cfg.rho,
+        W_new, damping, figures = admm_prune(W, H, self.pattern, start, cfg.rho,
                                              iters=cfg.iters, rel_damp=cfg.rel_damp,
                                              name=self.layer_name)
         return W_new, damping, figures

@@ -88,14 +88,14 @@ def stream_prune(
         _capture(model, adapter, [batches[j] for j in mine], mine, job, list_name)
     elif done < len(blocks):
         log.info("resuming after block %d of %d (finished earlier)", done, len(blocks))
+    masks = [token_mask(batches[j]) for j in mine]  # padding left out of every statistic
     for i in range(done, len(blocks)):
         prefix = f"{list_name}.{i}"
         block = blocks[i]
         materialize_(model, parameter_names(model, prefix, job.plan), job.source, job.plan,
                      job.dtype, job.device)
         inputs = _Inputs(job.work, i, mine, job.device)
-        compressors = gather_statistics(block, prefix, adapter, inputs, make_compressor,
-                                        [token_mask(batches[j]) for j in mine])
+        compressors = gather_statistics(block, prefix, adapter, inputs, make_compressor, masks)
         results = compress_block(model, block, prefix, adapter, compressors, group)
         if i + 1 < len(blocks):
             for j, out in zip(mine, block_outputs(block, inputs)):
