@@ -38,12 +38,14 @@ if TYPE_CHECKING:
 __all__ = ["compress", "load", "pareto", "prune", "prune_stream", "quantize", "save_pruned"]
 
 
-def compress(model: str | LoadedModel, method: str | Plan = "sparsegpt",
+def compress(model: str | LoadedModel, method: str | Plan | None = None,
              pattern: str | float | Pattern | None = 0.5, *,
              config: Mapping[str, Any] | MethodConfig | None = None, base: Any = None,
              **kwargs: Any) -> tuple[LoadedModel, PruneReport]:
     """Load ``model``, calibrate on ``calib``, compress it with ``method``: a pruning method to
     ``pattern`` (with ``config["quant"]`` also quantized), or a quantizer (pattern None).
+    ``method`` None: ``admm``, or ``sparsegpt`` with a quant
+    (:func:`prunekit.plan.default_prune_method`).
 
     Keywords: ``calib`` (default "stdlib"), ``samples`` (128), ``seqlen`` (512),
     ``batch_size`` (8), ``seed``, ``calib_protocol`` ("auto": the default of the model's
@@ -65,11 +67,12 @@ def compress(model: str | LoadedModel, method: str | Plan = "sparsegpt",
     return compress_model(model, plan, **kwargs)
 
 
-def prune(model: str | LoadedModel, method: str | Plan = "sparsegpt",
+def prune(model: str | LoadedModel, method: str | Plan | None = None,
           pattern: str | float | Pattern = 0.5, *,
           config: Mapping[str, Any] | MethodConfig | None = None, base: Any = None,
           **kwargs: Any) -> tuple[LoadedModel, PruneReport]:
-    """Prune ``model`` with ``method`` to ``pattern``; keywords as :func:`compress`.
+    """Prune ``model`` with ``method`` (None: ``admm``; ``sparsegpt`` with a quant) to
+    ``pattern``; keywords as :func:`compress`.
     ``config={"quant": QuantSpec(bits=4)}`` also quantizes the kept weights (joint with
     SparseGPT, else GPTQ after pruning each layer), keeping the mask exactly."""
     plan = (method if isinstance(method, Plan)
@@ -95,7 +98,7 @@ def quantize(model: str | LoadedModel, method: str | Plan = "gptq", *, bits: int
 
 
 def prune_stream(
-    model: str, out: str | os.PathLike, method: str | Plan = "sparsegpt",
+    model: str, out: str | os.PathLike, method: str | Plan | None = None,
     pattern: str | float | Pattern | None = 0.5, *,
     config: Mapping[str, Any] | MethodConfig | None = None, fmt: str = "prunekit",
     overwrite: bool = False, progress: Progress | None = None, group: Group | None = None,

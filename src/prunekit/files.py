@@ -1,11 +1,20 @@
-"""File permissions of folders written atomically: a temporary folder (``mkdtemp``: 0700)
-and safetensors files (0600) get the modes the user's umask gives ordinary ones before they
-are renamed into place."""
+"""prunekit's cache folder, and file permissions of folders written atomically: a temporary
+folder (``mkdtemp``: 0700) and safetensors files (0600) get the modes the user's umask gives
+ordinary ones before they are renamed into place."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+
+def cache_root() -> Path:
+    """Where prunekit keeps what it derives once (converted models, the stdlib corpus):
+    ``$PRUNEKIT_CACHE``, else ``$XDG_CACHE_HOME/prunekit``, else ``~/.cache/prunekit``."""
+    if os.environ.get("PRUNEKIT_CACHE"):
+        return Path(os.environ["PRUNEKIT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "prunekit"
 
 
 def current_umask() -> int:

@@ -203,13 +203,25 @@ class Plan:
         return self.cls.kind == "quantize" or getattr(self.config, "quant", None) is not None
 
 
-def make_plan(method: str, pattern: str | float | Pattern | None = None,
+def default_prune_method(config: Mapping[str, Any] | MethodConfig | None = None) -> str:
+    """The pruning method when none is named: ``admm``, the best held-out quality measured
+    (docs/one-shot-pruning.md: MiniLM and SmolLM2, 50 % and 2:4), or ``sparsegpt`` when the
+    kept weights are also quantized (``config`` has a quant), since it prunes and quantizes
+    in one sweep."""
+    quant = (config.get("quant") if isinstance(config, Mapping)
+             else getattr(config, "quant", None))
+    return "sparsegpt" if quant is not None else "admm"
+
+
+def make_plan(method: str | None, pattern: str | float | Pattern | None = None,
               config: Mapping[str, Any] | MethodConfig | None = None, *,
               kind: str | None = None, base: Any = None) -> Plan:
     """Check a request once, before any work, and return it typed: the method is registered
     (and of ``kind``, "prune" or "quantize", when given), the pattern parses and its scope is
     one the method ranks at, the settings are the method's own, and a base is given exactly
-    when the method needs one."""
+    when the method needs one. ``method`` None: :func:`default_prune_method`."""
+    if method is None:
+        method = default_prune_method(config)
     if kind is not None:
         check_kind(method, kind)
     pattern = resolve_pattern(pattern, method)

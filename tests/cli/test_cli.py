@@ -448,6 +448,19 @@ def test_quantize_end_to_end(models, tmp_path, capsys, kind, method):
         assert max(len(torch.unique(row)) for row in W.reshape(-1, 16)) <= 16, name
 
 
+def test_default_method_is_admm_and_sparsegpt_with_bits(models, tmp_path, capsys):
+    """No --method: admm (docs/one-shot-pruning.md); with --bits, sparsegpt (the next test)."""
+    out = tmp_path / "default"
+    rc = main(["prune", str(models["llama"]), "--sparsity", "0.5", *FAST, "--no-eval",
+               "--quiet", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((out / output.REPORT_FILE).read_text())["method"] == "admm"
+    assert "admm 50% unstructured (layer)" in capsys.readouterr().out
+    _, report = prunekit.api.prune(str(models["llama"]), pattern="2:4", evaluate=False,
+                                   samples=4, seqlen=16, batch_size=2)
+    assert report.method == "admm"
+
+
 def test_prune_with_bits_end_to_end(models, tmp_path, capsys):
     out = tmp_path / "pq"
     rc = main(["prune", str(models["llama"]), "--pattern", "2:4", "--bits", "4", "--group", "16",

@@ -72,6 +72,34 @@ def test_stdlib_corpus_is_sizable_prose_with_unique_keys():
     assert not any("/test/" in k or "idlelib/" in k or "site-packages" in k for k in keys)
 
 
+def test_stdlib_corpus_is_kept_in_the_cache_folder_and_rebuilt_when_unreadable(
+        tmp_path, monkeypatch):
+    from prunekit.data import corpus
+
+    built = stdlib_documents()
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    corpus._cached_stdlib_documents.cache_clear()
+    calls = []
+    real_build = corpus._build_stdlib_documents
+    monkeypatch.setattr(corpus, "_build_stdlib_documents",
+                        lambda root: calls.append(root) or real_build(root))
+    try:
+        assert stdlib_documents() == built and len(calls) == 1  # built, then written
+        (cached,) = (tmp_path / "cache").glob("stdlib-corpus-*.json")
+        corpus._cached_stdlib_documents.cache_clear()
+        assert stdlib_documents() == built and len(calls) == 1  # read back, not rebuilt
+        cached.write_text("[[1, 2")  # a torn or foreign file is rebuilt, and replaced
+        corpus._cached_stdlib_documents.cache_clear()
+        assert stdlib_documents() == built and len(calls) == 2
+        assert json.loads(cached.read_text())[0] == [built[0].key, built[0].text]
+        (tmp_path / "blocked").write_text("")  # a cache folder that cannot exist: no error
+        monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "blocked" / "cache"))
+        corpus._cached_stdlib_documents.cache_clear()
+        assert stdlib_documents() == built and len(calls) == 3
+    finally:
+        corpus._cached_stdlib_documents.cache_clear()
+
+
 def test_stdlib_splits_are_disjoint_cover_and_about_ten_percent():
     calib, evals = stdlib_split("calib"), stdlib_split("eval")
     calib_keys, eval_keys = {d.key for d in calib}, {d.key for d in evals}

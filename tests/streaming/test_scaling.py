@@ -80,7 +80,7 @@ def _state(out: Path) -> dict[str, torch.Tensor]:
     return prunekit.load(out).model.state_dict()
 
 
-def _in_memory(model: Path, out: Path, method: str = "sparsegpt", pattern="0.5", **kw) -> dict:
+def _in_memory(model: Path, out: Path, method: str | None = None, pattern="0.5", **kw) -> dict:
     loaded, report = api.compress(str(model), method, pattern, evaluate=False, **FAST, **kw)
     api.save_pruned(loaded, report, out)
     return _state(out)
@@ -328,8 +328,8 @@ def test_two_gloo_processes_equal_one(tmp_path, llama):
                                   batch_size=2, config={"hessian_dtype": "float64"})
     api.save_pruned(loaded, report, tmp_path / "one")
     one = _state(tmp_path / "one")
-    common = ["--sparsity", "0.5", "--samples", "8", "--seqlen", "16", "--batch-size", "2",
-              "--hessian-dtype", "float64"]
+    common = ["--method", "sparsegpt", "--sparsity", "0.5", "--samples", "8", "--seqlen", "16",
+              "--batch-size", "2", "--hessian-dtype", "float64"]
     proc = _torchrun(["prune", str(llama), *common, "--quiet", "--out", str(tmp_path / "two")])
     assert proc.returncode == 0, _failure(proc)
     assert proc.stdout.count("saved to") == 1  # rank 0 alone prints and writes

@@ -22,7 +22,7 @@ from ..formats.load import load_model
 from ..methods import get_method, load_builtin_methods
 from ..models.digits import load_digits_split
 from ..output import REPORT_FILE, check_output, save_module, write_folder, write_pruned
-from ..plan import check_format, make_plan, model_dtype
+from ..plan import check_format, default_prune_method, make_plan, model_dtype
 from ..quant import QuantSpec, parse_group
 from ..report import (evaluation_lines, inspect_table, layer_table, ntk_plots, ntk_table,
                       pareto_table, size, summary_table)
@@ -119,8 +119,9 @@ def _run_kwargs(args: argparse.Namespace, group) -> dict:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    settings = settings_of(args, PRUNE_KINDS)
     spec = quant_spec(args)
+    args.method = args.method or default_prune_method({"quant": spec})
+    settings = settings_of(args, PRUNE_KINDS)
     if is_small_model(args.model):
         return cmd_prune_small(args, settings, spec)
     plan = make_plan(args.method, pattern_of(args), {**settings, "quant": spec}, kind="prune",

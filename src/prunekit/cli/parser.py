@@ -149,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="Hugging Face id, local model folder, 'minilm' (built-in), or "
                                  "'digits-mlp[:HIDDEN]' (a small MLP trained on sklearn's "
                                  "digits in seconds, for the whole-network methods)")
-    p.add_argument("--method", default="sparsegpt",
+    p.add_argument("--method", default=None,
                    help=f"one of: {', '.join(layer)}; on digits-mlp also {', '.join(whole)} "
-                        "(see 'prunekit methods')")
+                        "(see 'prunekit methods'); default: admm, or sparsegpt with --bits "
+                        "(it prunes and quantizes in one sweep)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--sparsity", help="unstructured sparsity in [0, 1), e.g. 0.5 or 50%%")
     which.add_argument("--pattern", help="N:M pattern such as 2:4 (or a sparsity)")
@@ -282,7 +283,8 @@ def _add_quant(p: argparse.ArgumentParser, prune: bool) -> None:
     """The grid flags; on ``prune`` they are off unless --bits is given."""
     p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=None if prune else 4,
                    help=("also quantize the kept weights to this many bits, keeping the mask "
-                         "(sparsegpt: in its own sweep; other methods: GPTQ after pruning)")
+                         "(sparsegpt, the default with --bits: in its own sweep; other "
+                         "methods: GPTQ after pruning)")
                    if prune else "bits per weight (default 4)")
     p.add_argument("--group", default="128",
                    help="input columns per scale: 32, 64, 128 (default) ... or 'channel' for one "

@@ -15,8 +15,10 @@ the same passage never lands in both splits.
 On CPython 3.11.7 this gives 2,273 documents and 1.67 MB of text (78 topics, 0.46 MB; the
 rest docstrings of ~600 files), 2,049 for calibration and 224 for evaluation. Building it
 parses 11 MB of sources with :mod:`ast`: about 2 s on one core (measured 1.9-2.5 s), once per
-process (cached). The corpus is deterministic for a given Python version: the
-stdlib is walked in sorted order, so every run returns the same documents in the same order.
+Python installation: the documents are then kept as JSON in prunekit's cache folder, named by
+a fingerprint of the sources (their paths, sizes and times). The corpus is deterministic for a
+given Python version: the stdlib is walked in sorted order, so every run returns the same
+documents in the same order.
 Other Python versions ship other docstrings, so the exact documents differ between versions.
 
 The calibration/evaluation split is a stable hash of the key (SHA-1, never Python's salted
@@ -30,9 +32,11 @@ import contextlib
 import functools
 import gc
 import hashlib
+import json
 import logging
 import os
 import re
+import sys
 import sysconfig
 import warnings
 from collections.abc import Iterator
@@ -41,6 +45,7 @@ from pathlib import Path
 from typing import Literal
 
 from prunekit.errors import DataError
+from prunekit.files import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -174,15 +179,22 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-@functools.lru_cache(maxsize=1)
-def _cached_stdlib_documents() -> tuple[Document, ...]:
-    """Build the corpus once per process (see :func:`stdlib_documents`)."""
+#: bump when what a stdlib corpus holds changes, so older cache files are not read
+_CACHE_FORMAT = 1
+
+
+def _stdlib_root() -> Path:
     root = Path(sysconfig.get_paths()["stdlib"])
     if not root.is_dir():
         raise DataError(
             f"the standard library folder {root} (sysconfig 'stdlib') does not exist; "
             "the built-in corpus needs the stdlib .py sources, or use a text file or dataset"
         )
+    return root
+
+
+def _build_stdlib_documents(root: Path) -> list[Document]:
+    """Parse every stdlib source file under ``root`` (about 2 s)."""
     raw = _topic_documents()
     n_files = 0
     with _gc_paused():
@@ -194,6 +206,38 @@ def _cached_stdlib_documents() -> tuple[Document, ...]:
         "stdlib corpus: %d documents, %d characters from %d files under %s",
         len(docs), sum(len(d.text) for d in docs), n_files, root,
     )
+    return docs
+
+
+def _stdlib_fingerprint(root: Path) -> str:
+    """A digest of what the corpus is built from: the Python version, the folder, and each
+    source file's path, size and modification time (a stat of each, no reading)."""
+    h = hashlib.sha256(f"{_CACHE_FORMAT}|{sys.version}|{root}".encode())
+    for path, rel in _stdlib_source_files(root):
+        st = path.stat()
+        h.update(f"|{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_stdlib_documents() -> tuple[Document, ...]:
+    """Build the corpus once per process, and keep it across processes as a JSON file in
+    prunekit's cache folder (:func:`prunekit.files.cache_root`), named by a fingerprint of
+    the sources; a cache that cannot be read or written is rebuilt or skipped, silently."""
+    root = _stdlib_root()
+    path = cache_root() / f"stdlib-corpus-{_stdlib_fingerprint(root)}.json"
+    try:
+        return tuple(Document(k, t) for k, t in json.loads(path.read_text("utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        logger.debug("stdlib corpus cache %s not used: %s", path, exc)
+    docs = _build_stdlib_documents(root)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps([[d.key, d.text] for d in docs]), "utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.debug("stdlib corpus cache %s not written: %s", path, exc)
     return tuple(docs)
 
 
@@ -201,7 +245,7 @@ def stdlib_documents() -> list[Document]:
     """All documents of the built-in stdlib corpus, in a fixed order (topics, then files).
 
     2,273 documents and 1.67 MB of English prose on CPython 3.11.7; built in about 2 s on
-    first use and cached for the rest of the process. Returns a new list on every call.
+    first use, then read from prunekit's cache folder (0.1 s). Returns a new list on every call.
     """
     return list(_cached_stdlib_documents())
 

@@ -68,12 +68,15 @@ def masked_refit(W: Tensor, H: Tensor, mask: Tensor, start: Tensor, iters: int =
 
 def admm_prune(W: Tensor, H: Tensor, pattern: Pattern, start: Tensor, rho: float = 0.1,
                growth: float = 2.0, every: int = 4, iters: int = 20, cg_iters: int = 10,
-               rel_damp: float = 0.01, name: str = "layer") -> tuple[Tensor, Damping, dict]:
+               rel_damp: float = 0.01, name: str = "layer",
+               damping: Damping | None = None) -> tuple[Tensor, Damping, dict]:
     """Prune W (out, in) to ``pattern`` by ADMM from ``start`` (SparseGPT's result, which
     fixes the first support), then refit the kept weights exactly; returns (Ŵ, damping,
-    figures: the objective of ``start`` and of the result, how much of the support moved)."""
+    figures: the objective of ``start`` and of the result, how much of the support moved).
+    ``damping``: the one the start was computed with (else found from ``rel_damp``)."""
     H, dead = unit_dead_columns(H)
-    _, damping = damped_cholesky(H, rel_damp, name=name)  # the λ that makes H + λI factor
+    if damping is None:  # the λ that makes H + λI factor
+        _, damping = damped_cholesky(H, rel_damp, name=name)
     Hd = H.clone()
     torch.diagonal(Hd).add_(damping.absolute)
     h = float(torch.diagonal(Hd).mean())
@@ -110,6 +113,8 @@ class ADMMConfig(SparseGPTConfig):
     first penalty relative to mean(diag H), ``growth`` its factor every ``every`` iterations,
     ``iters`` ADMM iterations, ``cg_iters`` for the final refit."""
 
+    rel_damp: float = setting(0.1, "--damp", "relative Hessian damping (default 0.01; 0.1 for "
+                               "admm)", type="nonnegative")
     rho: float = setting(0.1, "--admm-rho", "ADMM: first penalty, relative to mean diag H "
                          "(default 0.1)", type="nonnegative")
     iters: int = setting(20, "--admm-iters", "ADMM iterations (default 20)", type="positive")
@@ -129,9 +134,9 @@ class ADMM(SparseGPT):
 
     def solve(self, W: Tensor, H: Tensor):  # with --bits: GPTQ after, keeping the mask
         cfg = self.config
-        start, _, _ = sparsegpt_prune(W, H, self.pattern, cfg.blocksize, cfg.rel_damp,
-                                      name=self.layer_name)
+        start, _, damping = sparsegpt_prune(W, H, self.pattern, cfg.blocksize, cfg.rel_damp,
+                                            name=self.layer_name)
         W_new, damping, figures = admm_prune(W, H, self.pattern, start, cfg.rho,
-                                             iters=cfg.iters, rel_damp=cfg.rel_damp,
-                                             name=self.layer_name)
+                                             iters=cfg.iters, name=self.layer_name,
+                                             damping=damping)
         return W_new, damping, figures

