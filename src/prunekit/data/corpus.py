@@ -231,13 +231,15 @@ def _cached_stdlib_documents() -> tuple[Document, ...]:
     except (OSError, ValueError, TypeError) as exc:
         logger.debug("stdlib corpus cache %s not used: %s", path, exc)
     docs = _build_stdlib_documents(root)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")  # renamed into place when whole
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps([[d.key, d.text] for d in docs]), "utf-8")
         os.replace(tmp, path)
     except OSError as exc:
         logger.debug("stdlib corpus cache %s not written: %s", path, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return tuple(docs)
 
 
