@@ -132,6 +132,18 @@ def test_help_exits_zero(capsys):
     assert "--sparsity" in capsys.readouterr().out
 
 
+def test_output_closed_early_is_no_error():
+    """`prunekit methods | head -1`: the listing stops without a traceback or error line."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "prunekit", "methods"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the listing is written (it takes ~3 s)
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and err == "", err
+
+
 def test_text_file_as_calibration(models, tmp_path, capsys):
     """A small paragraph file works for both kinds, fidelity on the passages it has."""
     text = tmp_path / "corpus.txt"

@@ -7,6 +7,7 @@ method with new settings needs no edit of this package."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -54,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"prunekit: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader of stdout went away (`prunekit methods | head`)
+        with contextlib.suppress(OSError, ValueError):  # and Python's flush at exit with it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         resume = ("; the finished blocks are kept: rerun the same command to resume"
                   if getattr(args, "stream", False) else "")

@@ -231,7 +231,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 KIND_TITLES = {
-    "prune": "layer-wise pruning (any model; calibration inputs of each layer):",
+    "prune": "layer-wise pruning (any model; calibration inputs of each layer; the default is "
+             "admm, or sparsegpt with --bits):",
     "quantize": "quantization (prunekit quantize; pruned models keep their zeros):",
     "network": "whole-network (digits-mlp, or any small nn.Module from Python; needs labels):",
 }
