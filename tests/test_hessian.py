@@ -57,3 +57,19 @@ def test_inverse_cholesky_upper_matches_textbook():
         ref = torch.linalg.cholesky(torch.linalg.inv(Hd), upper=True)
         assert torch.allclose(U, ref, atol=TOL["float64_sweep"], rtol=TOL["float64_cholesky_rel"])
         assert torch.equal(U, torch.triu(U))
+
+
+def test_shrink_to_diagonal_scales_only_the_diagonal_and_is_the_convex_mix():
+    from prunekit.hessian import shrink_to_diagonal
+
+    H = torch.randn(5, 5, dtype=torch.float64)
+    H = H @ H.T
+    before = H.clone()
+    got = shrink_to_diagonal(H, 0.25)
+    assert torch.equal(H, before)  # a new tensor: a shared Hessian is left as it was
+    off = ~torch.eye(5, dtype=torch.bool)
+    assert torch.equal(got[off], H[off])
+    assert torch.allclose(torch.diagonal(got), 1.25 * torch.diagonal(H))
+    beta = 0.25 / 1.25  # (1 + α) · ((1 − β) H + β diag H)
+    mix = 1.25 * ((1 - beta) * H + beta * torch.diag(torch.diagonal(H)))
+    assert torch.allclose(got, mix, atol=TOL["float64_exact"])

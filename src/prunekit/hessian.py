@@ -108,6 +108,17 @@ def _recursive_tril_inverse(L: Tensor, leaf: int = 256) -> Tensor:
     return out
 
 
+def shrink_to_diagonal(H: Tensor, alpha: float) -> Tensor:
+    """H + α·diag(H), a new tensor: each input's own second moment damps its column, which
+    shrinks H towards its diagonal — (1 + α) times the convex mix (1 − β)·H + β·diag(H) with
+    β = α / (1 + α), the shrinkage of a sample covariance towards a diagonal target (Ledoit &
+    Wolf 2004; Schäfer & Strimmer 2005, target "D"). The correlations H holds are those of the
+    calibration text; shrinking them trusts them less where the model meets other text."""
+    out = H.clone()
+    torch.diagonal(out).mul_(1.0 + alpha)
+    return out
+
+
 def add_lower_product_(H: Tensor, A: Tensor, B: Tensor, alpha: float = 1.0,
                        block: int = 1024) -> Tensor:
     """H += alpha · AᵀB on the block-lower triangle only (block rows r0:r1, columns :r1), for a

@@ -55,3 +55,23 @@ def test_admm_through_the_pipeline(one_thread):
     for name, lay in HFAdapter().all_targets(model).items():
         assert satisfies(weight_matrix(lay), NM(2, 4)), name
     assert all(r.extra["admm_objective"] <= r.extra["sparsegpt_objective"] for r in results)
+
+
+def test_admm_method_solves_on_the_hessian_shrunk_towards_its_diagonal():
+    from prunekit.errors import UsageError
+    from prunekit.hessian import shrink_to_diagonal
+    from prunekit.methods.admm import ADMM, ADMMConfig
+
+    W, H = layer(rows=8, cols=32)
+    lin = torch.nn.Linear(32, 8, bias=False)
+    cfg = ADMMConfig(hessian_dtype="float64")
+    assert (cfg.diag_damp, cfg.rel_damp) == (0.2, 0.05)  # the defaults docs/ measured
+    got = ADMM(lin, Unstructured(0.5, "layer"), cfg).solve(W, H.clone())[0]
+    Hs = shrink_to_diagonal(H, 0.2)
+    start, _, damping = sparsegpt_prune(W, Hs, Unstructured(0.5, "layer"), 128, 0.05)
+    want = admm_prune(W, Hs, Unstructured(0.5, "layer"), start, damping=damping)[0]
+    assert torch.equal(got, want)
+    plain = ADMM(lin, Unstructured(0.5, "layer"), ADMMConfig(diag_damp=0.0)).solve(W, H)[0]
+    assert not torch.equal(plain, got)  # the shrinkage does change the result
+    with pytest.raises(UsageError, match="--diag-damp"):
+        ADMMConfig(diag_damp=-1.0)

@@ -141,7 +141,7 @@ class SparseGPTConfig(MethodConfig):
 
     blocksize: int = setting(128, "--blocksize", "column block size (default 128)",
                              type="positive")
-    rel_damp: float = setting(0.01, "--damp", "relative Hessian damping (default 0.01; 0.1 for "
+    rel_damp: float = setting(0.01, "--damp", "relative Hessian damping (default 0.01; 0.05 for "
                                "admm)",
                                type="nonnegative")
     joint: bool = setting(True, "--two-step", "with --bits: prune each layer, then GPTQ it "
