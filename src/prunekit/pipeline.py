@@ -135,7 +135,6 @@ class _Feeder:
         self.leader: dict[int, LayerCompressor] = {}
         self.mask: Tensor | None = None
 
-
     def hook(self, comp: LayerCompressor) -> Callable:
         def feed(_module: nn.Module, inputs: tuple, _output: Any) -> None:
             x = inputs[0]

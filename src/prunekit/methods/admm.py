@@ -33,7 +33,7 @@ from ..hessian import Damping, damped_cholesky, shrink_to_diagonal, unit_dead_co
 from ..masks import pattern_mask
 from ..patterns import Pattern
 from .base import register, setting
-from .sparsegpt import SparseGPT, SparseGPTConfig, sparsegpt_prune
+from .sparsegpt import DAMP_HELP, SparseGPT, SparseGPTConfig, sparsegpt_prune
 
 
 def layer_objective(W: Tensor, W_hat: Tensor, H: Tensor) -> float:
@@ -116,8 +116,7 @@ class ADMMConfig(SparseGPTConfig):
     H + α·diag(H), and the ADMM schedule: ``rho`` the first penalty relative to mean(diag H),
     ``iters`` ADMM iterations (the penalty doubles every 4, the refit takes 10 steps)."""
 
-    rel_damp: float = setting(0.05, "--damp", "relative Hessian damping (default 0.01; 0.05 for "
-                               "admm)", type="nonnegative")
+    rel_damp: float = setting(0.05, "--damp", DAMP_HELP, type="nonnegative")
     diag_damp: float = setting(0.2, "--diag-damp", "admm: H + α·diag(H) before the damping, "
                                "which shrinks H towards its diagonal (default 0.2)",
                                type="nonnegative")

@@ -132,6 +132,10 @@ def _sweep(W: Tensor, H: Tensor, pattern: Pattern, blocksize: int, rel_damp: flo
     return W_hat, qw, losses.sum(), damping
 
 
+#: the help of --damp, shared by the configs that set it (admm with another default)
+DAMP_HELP = "relative Hessian damping (default 0.01; 0.05 for admm)"
+
+
 @dataclass(frozen=True)
 class SparseGPTConfig(MethodConfig):
     """blocksize: columns per lazy-update block and adaptive-mask block (paper: 128).
@@ -141,9 +145,7 @@ class SparseGPTConfig(MethodConfig):
 
     blocksize: int = setting(128, "--blocksize", "column block size (default 128)",
                              type="positive")
-    rel_damp: float = setting(0.01, "--damp", "relative Hessian damping (default 0.01; 0.05 for "
-                               "admm)",
-                               type="nonnegative")
+    rel_damp: float = setting(0.01, "--damp", DAMP_HELP, type="nonnegative")
     joint: bool = setting(True, "--two-step", "with --bits: prune each layer, then GPTQ it "
                           "keeping the mask, instead of quantizing inside the pruning sweep",
                           const=False)
